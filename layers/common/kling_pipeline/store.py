@@ -1,0 +1,206 @@
+"""Job records in DynamoDB: conditional writes make every status change forward-only and race-free."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from decimal import Decimal
+from typing import Any
+
+import boto3
+from botocore.exceptions import ClientError
+
+from kling_pipeline.record import JobRecord, utc_now_iso
+from kling_pipeline.status import JobStatus
+
+OPEN_JOBS_INDEX = "open-jobs"
+OPEN_SHARD_ATTRIBUTE = "open_shard"
+TTL_ATTRIBUTE = "expires_at"
+DEFAULT_OPEN_SHARDS = 4
+DEFAULT_RETENTION_DAYS = 90
+
+
+def to_dynamo(value: Any) -> Any:
+    """Floats become Decimals (DynamoDB rejects floats); ints stay exact."""
+    return json.loads(json.dumps(value), parse_float=Decimal)
+
+
+def from_dynamo(value: Any) -> Any:
+    """Decimals become ints when integral (64-bit element ids stay exact), floats otherwise."""
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, dict):
+        return {key: from_dynamo(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [from_dynamo(item) for item in value]
+    return value
+
+
+def open_shard_for(job_id: str, shards: int = DEFAULT_OPEN_SHARDS) -> str:
+    digest = hashlib.sha256(job_id.encode()).digest()
+    return f"open#{digest[0] % shards}"
+
+
+class JobStore:
+    """The jobs table. Every write is conditional; a `False`/`None` result means the condition did not hold."""
+
+    def __init__(
+        self,
+        table_name: str,
+        *,
+        dynamodb: Any | None = None,
+        open_shards: int = DEFAULT_OPEN_SHARDS,
+        retention_days: int = DEFAULT_RETENTION_DAYS,
+    ) -> None:
+        resource = dynamodb or boto3.resource("dynamodb")
+        self._table = resource.Table(table_name)
+        self._open_shards = open_shards
+        self._retention_seconds = retention_days * 86400
+
+    def get(self, job_id: str) -> JobRecord | None:
+        item = self._table.get_item(Key={"job_id": job_id}, ConsistentRead=True).get("Item")
+        return _record_from_item(item) if item else None
+
+    def create(self, record: JobRecord) -> bool:
+        """Put a new record unless one with the same job id exists."""
+        item = record.model_dump(mode="json", exclude_none=True)
+        if record.status.is_final:
+            item[TTL_ATTRIBUTE] = self._expiry()
+        else:
+            item[OPEN_SHARD_ATTRIBUTE] = open_shard_for(record.job_id, self._open_shards)
+        try:
+            self._table.put_item(Item=to_dynamo(item), ConditionExpression="attribute_not_exists(job_id)")
+        except ClientError as exc:
+            if _is_condition_failure(exc):
+                return False
+            raise
+        return True
+
+    def advance(
+        self,
+        job_id: str,
+        to: JobStatus,
+        *,
+        changes: Mapping[str, Any] | None = None,
+        remove: Iterable[str] = (),
+        kling_updated_at: int | None = None,
+        expected_task_id: str | None = None,
+    ) -> JobRecord | None:
+        """Move the job to `to` if the order allows it; returns the new record, or None if it did not move.
+
+        `kling_updated_at` (Kling's ms timestamp) makes an older Kling report than the last one applied a no-op;
+        `expected_task_id` guards against a callback for another task.
+        """
+        allowed_from = to.statuses_that_may_advance_to()
+        if not allowed_from:
+            return None
+        values: dict[str, Any] = {f":from{i}": status.value for i, status in enumerate(allowed_from)}
+        conditions = [f"#status IN ({', '.join(values)})"]
+        if kling_updated_at is not None:
+            values[":kling_updated_at"] = kling_updated_at
+            conditions.append("(attribute_not_exists(kling_updated_at) OR kling_updated_at <= :kling_updated_at)")
+        if expected_task_id is not None:
+            values[":task_id"] = expected_task_id
+            conditions.append("(attribute_not_exists(kling_task_id) OR kling_task_id = :task_id)")
+        sets = dict(changes or {})
+        sets["status"] = to.value
+        if kling_updated_at is not None:
+            sets["kling_updated_at"] = kling_updated_at
+        removals = list(remove)
+        if to.is_final:
+            sets[TTL_ATTRIBUTE] = self._expiry()
+            removals.append(OPEN_SHARD_ATTRIBUTE)
+        return self._update(job_id, sets, removals, " AND ".join(conditions), values)
+
+    def update_open(
+        self,
+        job_id: str,
+        *,
+        expected_status: JobStatus,
+        changes: Mapping[str, Any],
+        remove: Iterable[str] = (),
+    ) -> JobRecord | None:
+        """Change attributes of a job that is still in `expected_status` (no status move)."""
+        return self._update(
+            job_id, dict(changes), list(remove), "#status = :expected", {":expected": expected_status.value}
+        )
+
+    def open_jobs(self, *, updated_before: str | None = None, limit: int = 100) -> Iterator[JobRecord]:
+        """Non-final jobs from the sparse index, oldest update first within each shard (never a scan)."""
+        yielded = 0
+        for shard in range(self._open_shards):
+            key_condition = "#shard = :shard"
+            values: dict[str, Any] = {":shard": f"open#{shard}"}
+            names = {"#shard": OPEN_SHARD_ATTRIBUTE}
+            if updated_before is not None:
+                key_condition += " AND #updated < :before"
+                values[":before"] = updated_before
+                names["#updated"] = "updated_at"
+            kwargs: dict[str, Any] = {
+                "IndexName": OPEN_JOBS_INDEX,
+                "KeyConditionExpression": key_condition,
+                "ExpressionAttributeValues": values,
+                "ExpressionAttributeNames": names,
+            }
+            while yielded < limit:
+                page = self._table.query(Limit=limit - yielded, **kwargs)
+                for item in page.get("Items", []):
+                    yielded += 1
+                    yield _record_from_item(item)
+                if "LastEvaluatedKey" not in page:
+                    break
+                kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+            if yielded >= limit:
+                return
+
+    def _update(
+        self,
+        job_id: str,
+        sets: dict[str, Any],
+        removals: list[str],
+        condition: str,
+        values: dict[str, Any],
+    ) -> JobRecord | None:
+        sets.setdefault("updated_at", utc_now_iso())
+        names = {"#status": "status"}
+        set_parts = []
+        for i, (attribute, value) in enumerate(sets.items()):
+            names[f"#a{i}"] = attribute
+            values[f":v{i}"] = value
+            set_parts.append(f"#a{i} = :v{i}")
+        expression = "SET " + ", ".join(set_parts)
+        if removals:
+            remove_parts = []
+            for i, attribute in enumerate(dict.fromkeys(removals)):
+                names[f"#r{i}"] = attribute
+                remove_parts.append(f"#r{i}")
+            expression += " REMOVE " + ", ".join(remove_parts)
+        try:
+            response = self._table.update_item(
+                Key={"job_id": job_id},
+                UpdateExpression=expression,
+                ConditionExpression=f"attribute_exists(job_id) AND {condition}",
+                ExpressionAttributeNames=names,
+                ExpressionAttributeValues=to_dynamo(values),
+                ReturnValues="ALL_NEW",
+            )
+        except ClientError as exc:
+            if _is_condition_failure(exc):
+                return None
+            raise
+        return _record_from_item(response["Attributes"])
+
+    def _expiry(self) -> int:
+        return int(time.time()) + self._retention_seconds
+
+
+def _record_from_item(item: Mapping[str, Any]) -> JobRecord:
+    plain = from_dynamo(dict(item))
+    plain.pop(OPEN_SHARD_ATTRIBUTE, None)
+    return JobRecord.model_validate(plain)
+
+
+def _is_condition_failure(exc: ClientError) -> bool:
+    return bool(exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException")

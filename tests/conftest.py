@@ -1,0 +1,34 @@
+"""Shared fixtures: moto in server mode as AWS (real HTTP), and the pipeline's resources on it."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from devstack.aws_resources import AwsResources, create_resources
+from devstack.moto_server import MotoServer
+
+
+@pytest.fixture(scope="session")
+def moto_server() -> Iterator[MotoServer]:
+    server = MotoServer().start()
+    server.apply_environment(os.environ)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def aws(moto_server: MotoServer) -> Iterator[AwsResources]:
+    """Fresh table, queues and buckets for one test; the contract's variables point at them."""
+    moto_server.reset()
+    resources = create_resources("test", visibility_timeout=30, max_receive_count=3)
+    saved = {name: os.environ.get(name) for name in resources.environment()}
+    os.environ.update(resources.environment())
+    yield resources
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value

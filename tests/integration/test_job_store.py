@@ -1,0 +1,108 @@
+"""JobStore against DynamoDB on moto's server: conditional, forward-only writes."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from devstack.aws_resources import AwsResources
+from kling_pipeline.record import JobRecord
+from kling_pipeline.status import JobStatus
+from kling_pipeline.store import JobStore
+
+
+@pytest.fixture
+def store(aws: AwsResources) -> JobStore:
+    return JobStore(aws.table)
+
+
+def pending(job_id: str = "job-1", **fields: object) -> JobRecord:
+    return JobRecord(job_id=job_id, status=JobStatus.PENDING, **fields)  # type: ignore[arg-type]
+
+
+def test_create_is_conditional(store: JobStore) -> None:
+    assert store.create(pending())
+    assert not store.create(pending())
+    record = store.get("job-1")
+    assert record is not None
+    assert record.status is JobStatus.PENDING
+
+
+def test_concurrent_creates_let_exactly_one_win(store: JobStore) -> None:
+    results: list[bool] = []
+    threads = [threading.Thread(target=lambda: results.append(store.create(pending()))) for _ in range(5)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(results) == [False, False, False, False, True]
+
+
+def test_unknown_job_is_none(store: JobStore) -> None:
+    assert store.get("nope") is None
+    assert store.advance("nope", JobStatus.SUBMITTED) is None
+
+
+def test_exact_big_integers_and_floats_survive(store: JobStore) -> None:
+    request = {"element_list": [{"element_id": 829836802793406551}], "image_fidelity": 0.35, "n": 4}
+    store.create(pending(request=request))
+    record = store.get("job-1")
+    assert record is not None
+    assert record.request == request
+
+
+def test_moves_forward_and_never_back(store: JobStore) -> None:
+    store.create(pending())
+    assert store.advance("job-1", JobStatus.SUBMITTED, changes={"kling_task_id": "t1"}) is not None
+    assert store.advance("job-1", JobStatus.PROCESSING) is not None
+    assert store.advance("job-1", JobStatus.SUBMITTED) is None
+    assert store.advance("job-1", JobStatus.PROCESSING) is None
+    record = store.get("job-1")
+    assert record is not None
+    assert record.status is JobStatus.PROCESSING
+    assert record.kling_task_id == "t1"
+
+
+@pytest.mark.parametrize("final", [JobStatus.SUCCEEDED, JobStatus.FAILED])
+def test_final_status_never_changes(store: JobStore, final: JobStatus) -> None:
+    store.create(pending())
+    assert store.advance("job-1", final) is not None
+    for target in JobStatus:
+        assert store.advance("job-1", target) is None
+    record = store.get("job-1")
+    assert record is not None
+    assert record.status is final
+
+
+def test_stale_kling_report_is_ignored(store: JobStore) -> None:
+    store.create(pending())
+    assert store.advance("job-1", JobStatus.PROCESSING, kling_updated_at=2000) is not None
+    assert store.advance("job-1", JobStatus.COPYING, kling_updated_at=1999) is None
+    assert store.advance("job-1", JobStatus.COPYING, kling_updated_at=2000) is not None
+
+
+def test_callback_for_another_task_does_not_move_the_job(store: JobStore) -> None:
+    store.create(pending(kling_task_id="t1"))
+    assert store.advance("job-1", JobStatus.PROCESSING, expected_task_id="t2") is None
+    assert store.advance("job-1", JobStatus.PROCESSING, expected_task_id="t1") is not None
+
+
+def test_update_open_requires_the_expected_status(store: JobStore) -> None:
+    store.create(pending())
+    assert store.update_open("job-1", expected_status=JobStatus.SUBMITTED, changes={"x": 1}) is None
+    updated = store.update_open("job-1", expected_status=JobStatus.PENDING, changes={"attempts": 2})
+    assert updated is not None
+    assert updated.model_extra == {"attempts": 2}
+
+
+def test_open_jobs_lists_only_non_final_jobs(store: JobStore) -> None:
+    for i in range(6):
+        store.create(pending(f"job-{i}"))
+    store.advance("job-0", JobStatus.SUCCEEDED)
+    store.advance("job-1", JobStatus.FAILED)
+    store.create(JobRecord(job_id="born-failed", status=JobStatus.FAILED))
+    open_ids = {record.job_id for record in store.open_jobs()}
+    assert open_ids == {"job-2", "job-3", "job-4", "job-5"}
+    assert len(list(store.open_jobs(limit=3))) == 3
+    assert list(store.open_jobs(updated_before="2000-01-01T00:00:00.000Z")) == []
