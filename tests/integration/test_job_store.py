@@ -106,3 +106,17 @@ def test_open_jobs_lists_only_non_final_jobs(store: JobStore) -> None:
     assert open_ids == {"job-2", "job-3", "job-4", "job-5"}
     assert len(list(store.open_jobs(limit=3))) == 3
     assert list(store.open_jobs(updated_before="2000-01-01T00:00:00.000Z")) == []
+
+
+def test_on_final_fires_once_for_the_writer_that_finished_the_job(aws: AwsResources) -> None:
+    finished: list[str] = []
+    store = JobStore(aws.table, on_final=lambda record: finished.append(f"{record.job_id}:{record.status}"))
+    store.create(pending("a"))
+    store.advance("a", JobStatus.PROCESSING)
+    assert finished == []
+    store.advance("a", JobStatus.SUCCEEDED)
+    store.advance("a", JobStatus.SUCCEEDED)
+    store.advance("a", JobStatus.FAILED)
+    store.create(JobRecord(job_id="b", status=JobStatus.FAILED))
+    store.create(JobRecord(job_id="b", status=JobStatus.FAILED))
+    assert finished == ["a:succeeded", "b:failed"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from decimal import Decimal
 from typing import Any
 
@@ -53,11 +53,14 @@ class JobStore:
         dynamodb: Any | None = None,
         open_shards: int = DEFAULT_OPEN_SHARDS,
         retention_days: int = DEFAULT_RETENTION_DAYS,
+        on_final: Callable[[JobRecord], None] | None = None,
     ) -> None:
+        """`on_final` is called once per job, by the writer whose conditional write made it final."""
         resource = dynamodb or boto3.resource("dynamodb")
         self._table = resource.Table(table_name)
         self._open_shards = open_shards
         self._retention_seconds = retention_days * 86400
+        self._on_final = on_final
 
     def get(self, job_id: str) -> JobRecord | None:
         item = self._table.get_item(Key={"job_id": job_id}, ConsistentRead=True).get("Item")
@@ -76,6 +79,8 @@ class JobStore:
             if _is_condition_failure(exc):
                 return False
             raise
+        if record.status.is_final:
+            self._announce(record)
         return True
 
     def advance(
@@ -112,7 +117,10 @@ class JobStore:
         if to.is_final:
             sets[TTL_ATTRIBUTE] = self._expiry()
             removals.append(OPEN_SHARD_ATTRIBUTE)
-        return self._update(job_id, sets, removals, " AND ".join(conditions), values)
+        record = self._update(job_id, sets, removals, " AND ".join(conditions), values)
+        if record is not None and to.is_final:
+            self._announce(record)
+        return record
 
     def update_open(
         self,
@@ -191,6 +199,10 @@ class JobStore:
                 return None
             raise
         return _record_from_item(response["Attributes"])
+
+    def _announce(self, record: JobRecord) -> None:
+        if self._on_final is not None:
+            self._on_final(record)
 
     def _expiry(self) -> int:
         return int(time.time()) + self._retention_seconds
