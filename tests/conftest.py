@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from devstack.aws_resources import AwsResources, create_resources
+from devstack.kling_simulator import KlingSimulator, SimulatorConfig
 from devstack.moto_server import MotoServer
 
 
@@ -32,3 +33,11 @@ def aws(moto_server: MotoServer) -> Iterator[AwsResources]:
             os.environ.pop(name, None)
         else:
             os.environ[name] = value
+
+
+@pytest.fixture
+def kling_sim() -> Iterator[KlingSimulator]:
+    """A started Kling simulator (API key "test-key", default short delays), stopped after the test."""
+    simulator = KlingSimulator(SimulatorConfig(api_key="test-key")).start()
+    yield simulator
+    simulator.stop()

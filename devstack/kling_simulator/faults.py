@@ -1,0 +1,168 @@
+"""Injected misbehaviour: what the simulator should get wrong, and how many more times."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from collections.abc import Mapping
+from typing import Any, Literal, NotRequired, TypedDict, cast
+
+
+class CodeTimes(TypedDict):
+    """Answer with `code` the next `times` times (-1: always)."""
+
+    code: int
+    times: int
+
+
+class CodeRate(TypedDict):
+    """Answer with `code` at random, with probability `rate`."""
+
+    code: int
+    rate: float
+
+
+class ImageErrors(TypedDict):
+    """Spoil the next `times` image downloads (-1: always): an HTTP `status`, or a `truncate`d body."""
+
+    mode: Literal["status", "truncate"]
+    status: NotRequired[int]
+    times: int
+
+
+@dataclasses.dataclass
+class Faults:
+    """Every fault the simulator can inject; the defaults inject none."""
+
+    create_errors: list[CodeTimes] = dataclasses.field(default_factory=list)
+    create_error_rate: CodeRate | None = None
+    auth_errors: list[CodeTimes] = dataclasses.field(default_factory=list)
+    create_accept_then_disconnect: int = 0
+    latency_ms: int = 0
+    callback_drop_rate: float = 0.0
+    callback_duplicates: int = 0
+    callback_reorder: bool = False
+    image_errors: ImageErrors | None = None
+
+    def __post_init__(self) -> None:
+        # Validate and copy, so consuming a fault never mutates the caller's dicts.
+        self.create_errors = [_code_times(f"create_errors[{i}]", e) for i, e in enumerate(self.create_errors)]
+        self.auth_errors = [_code_times(f"auth_errors[{i}]", e) for i, e in enumerate(self.auth_errors)]
+        if self.create_error_rate is not None:
+            self.create_error_rate = _code_rate("create_error_rate", self.create_error_rate)
+        if self.image_errors is not None:
+            self.image_errors = _image_errors("image_errors", self.image_errors)
+        _count("create_accept_then_disconnect", self.create_accept_then_disconnect)
+        _count("latency_ms", self.latency_ms)
+        _count("callback_duplicates", self.callback_duplicates)
+        _rate("callback_drop_rate", self.callback_drop_rate)
+        if not isinstance(self.callback_reorder, bool):
+            raise ValueError(f"callback_reorder: must be a boolean (got {self.callback_reorder!r})")
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> Faults:
+        """Build from JSON-shaped data; unknown names are refused."""
+        return cls().merged(data)
+
+    def merged(self, changes: Mapping[str, Any]) -> Faults:
+        """A copy with the named fields replaced (a top-level merge)."""
+        if not isinstance(changes, Mapping):
+            raise ValueError(f"faults: must be an object (got {changes!r})")
+        known = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(changes) - known)
+        if unknown:
+            raise ValueError(f"faults: unknown field {unknown[0]!r} (known: {', '.join(sorted(known))})")
+        return dataclasses.replace(self, **dict(changes))
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def take_auth_error(self) -> int | None:
+        return _take(self.auth_errors)
+
+    def take_create_error(self, rng: random.Random) -> int | None:
+        """The code the next valid create must fail with, if any: the scripted list first, then the rate."""
+        code = _take(self.create_errors)
+        if code is None and self.create_error_rate is not None and rng.random() < self.create_error_rate["rate"]:
+            code = self.create_error_rate["code"]
+        return code
+
+    def take_disconnect(self) -> bool:
+        if self.create_accept_then_disconnect <= 0:
+            return False
+        self.create_accept_then_disconnect -= 1
+        return True
+
+    def take_image_error(self) -> ImageErrors | None:
+        spec = self.image_errors
+        if spec is None:
+            return None
+        if spec["times"] > 0:
+            spec["times"] -= 1
+            if spec["times"] == 0:
+                self.image_errors = None
+        return spec
+
+
+def _take(entries: list[CodeTimes]) -> int | None:
+    if not entries:
+        return None
+    head = entries[0]
+    if head["times"] > 0:
+        head["times"] -= 1
+        if head["times"] == 0:
+            entries.pop(0)
+    return head["code"]
+
+
+def _int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name}: must be an integer (got {value!r})")
+    return value
+
+
+def _count(name: str, value: object) -> int:
+    number = _int(name, value)
+    if number < 0:
+        raise ValueError(f"{name}: must be at least 0 (got {number})")
+    return number
+
+
+def _times(name: str, value: object) -> int:
+    number = _int(name, value)
+    if number < 1 and number != -1:
+        raise ValueError(f"{name}: must be at least 1, or -1 for always (got {number})")
+    return number
+
+
+def _rate(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+        raise ValueError(f"{name}: must be a number between 0 and 1 (got {value!r})")
+    return float(value)
+
+
+def _object(name: str, value: object) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise ValueError(f"{name}: must be an object (got {value!r})")
+    return cast("Mapping[str, Any]", value)
+
+
+def _code_times(name: str, value: object) -> CodeTimes:
+    entry = _object(name, value)
+    return {"code": _int(f"{name}.code", entry.get("code")), "times": _times(f"{name}.times", entry.get("times", 1))}
+
+
+def _code_rate(name: str, value: object) -> CodeRate:
+    entry = _object(name, value)
+    return {"code": _int(f"{name}.code", entry.get("code")), "rate": _rate(f"{name}.rate", entry.get("rate"))}
+
+
+def _image_errors(name: str, value: object) -> ImageErrors:
+    entry = _object(name, value)
+    mode = entry.get("mode", "status")
+    if mode not in ("status", "truncate"):
+        raise ValueError(f"{name}.mode: must be 'status' or 'truncate' (got {mode!r})")
+    status = _int(f"{name}.status", entry.get("status", 500))
+    if not 400 <= status <= 599:
+        raise ValueError(f"{name}.status: must be an HTTP error status 400..599 (got {status})")
+    return {"mode": mode, "status": status, "times": _times(f"{name}.times", entry.get("times", 1))}
