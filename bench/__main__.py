@@ -1,0 +1,29 @@
+"""Run every benchmark and print its table: `python -m bench [name ...]`."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+from bench import Table
+
+BENCHMARKS = ["webhook_copy_memory"]
+
+
+def main(argv: list[str]) -> int:
+    selected = argv or BENCHMARKS
+    unknown = sorted(set(selected) - set(BENCHMARKS))
+    if unknown:
+        print(f"unknown benchmark(s): {', '.join(unknown)} (known: {', '.join(BENCHMARKS)})", file=sys.stderr)
+        return 2
+    failed = False
+    for name in selected:
+        module = importlib.import_module(f"bench.{name}")
+        table: Table = module.run()
+        print(table.render(), end="\n\n", flush=True)
+        failed = failed or any("FAIL" in note for note in table.notes)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

@@ -1,0 +1,280 @@
+"""Copy a finished task's images into the images bucket: streamed, size-capped, all or nothing per object.
+
+Memory stays bounded whatever the image size: each object is read and uploaded one part (5 MiB) at a time.
+An object appears in S3 only when complete (a single PUT, or a multipart upload that is completed only after
+the last byte arrived and is aborted on any failure), so a failed or repeated copy never leaves a partial
+or duplicate object: keys are deterministic and a repeat overwrites with the same bytes.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator, Mapping
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+import urllib3
+
+from kling_pipeline.errors import JobError
+from kling_pipeline.images import detect_image_format
+from kling_pipeline.kling import KlingTask
+from kling_pipeline.record import StoredImage
+from kling_pipeline.settings import ConfigurationError
+from kling_pipeline.url_guard import FetchError, GuardedHttp, UrlNotAllowedError
+
+DEFAULT_MAX_IMAGE_BYTES = 50 * 1024 * 1024
+PART_SIZE = 5 * 1024 * 1024  # S3's minimum part size (except the last part)
+READ_CHUNK = 256 * 1024
+DEFAULT_CONCURRENCY = 4
+_EXTENSIONS = {"png": "png", "jpeg": "jpg"}
+_CONTENT_TYPES = {"png": "image/png", "jpeg": "image/jpeg"}
+
+
+class ImageCopyError(Exception):
+    """One image could not be copied; `code` is machine-readable, the message names the image and the cause."""
+
+    def __init__(self, code: str, message: str) -> None:
+        self.code = code
+        self.message = message
+        super().__init__(message)
+
+    def to_job_error(self) -> JobError:
+        return JobError(code=self.code, message=self.message)
+
+
+@dataclass(frozen=True)
+class CopiedObject:
+    key: str
+    content_type: str
+    size: int
+
+
+@dataclass(frozen=True)
+class CopyResult:
+    """Every image of a task, stored."""
+
+    images: list[StoredImage]
+    objects_copied: int
+    bytes_copied: int
+
+
+@dataclass(frozen=True)
+class _Source:
+    index: int
+    url: str
+    watermark: bool
+
+    @property
+    def label(self) -> str:
+        return f"image {self.index}{' (watermark)' if self.watermark else ''}"
+
+
+class ImageCopier:
+    """Streams images from untrusted URLs (through GuardedHttp) into one bucket."""
+
+    def __init__(
+        self,
+        http: GuardedHttp,
+        s3: Any,
+        bucket: str,
+        *,
+        max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        part_size: int = PART_SIZE,
+    ) -> None:
+        if max_image_bytes < 1:
+            raise ValueError(f"max_image_bytes: must be positive (got {max_image_bytes})")
+        if concurrency < 1:
+            raise ValueError(f"concurrency: must be at least 1 (got {concurrency})")
+        self._http = http
+        self._s3 = s3
+        self._bucket = bucket
+        self._max_bytes = max_image_bytes
+        self._concurrency = concurrency
+        self._part_size = part_size
+
+    def copy_task_images(self, job_id: str, task: KlingTask, *, deadline: float | None = None) -> CopyResult:
+        """Copy every image (and watermarked variant) of `task` under `{job_id}/`; ImageCopyError if any fails.
+
+        `deadline` is a `time.monotonic()` value after which copying stops with an error.
+        """
+        if not task.images:
+            raise ImageCopyError("no_images", f"Kling task {task.task_id} succeeded but lists no images")
+        sources = [_Source(image.index, image.url, False) for image in task.images]
+        sources += [_Source(image.index, image.watermark_url, True) for image in task.images if image.watermark_url]
+        metadata = {"job-id": job_id, "kling-task-id": task.task_id}
+        copied = self._copy_all(job_id, sources, metadata, deadline)
+        images = []
+        for image in sorted(task.images, key=lambda image: image.index):
+            original = copied[_Source(image.index, image.url, False)]
+            watermark = copied.get(_Source(image.index, image.watermark_url or "", True))
+            images.append(
+                StoredImage(
+                    index=image.index,
+                    s3_key=original.key,
+                    content_type=original.content_type,
+                    size=original.size,
+                    watermark_s3_key=watermark.key if watermark else None,
+                )
+            )
+        return CopyResult(images, len(copied), sum(obj.size for obj in copied.values()))
+
+    def copy(self, url: str, key_stem: str, metadata: Mapping[str, str], deadline: float | None = None) -> CopiedObject:
+        """Stream one image to `{key_stem}.{png|jpg}`; the extension and content type come from its bytes."""
+        try:
+            response = self._http.open(url)
+        except (UrlNotAllowedError, FetchError) as exc:
+            raise ImageCopyError(getattr(exc, "code", "fetch_failed"), str(exc)) from None
+        try:
+            return self._upload(response, key_stem, {**metadata, "source-host": _host_of(url)}, deadline)
+        except urllib3.exceptions.HTTPError as exc:
+            raise ImageCopyError("download_failed", f"download broke off: {exc}") from None
+        finally:
+            response.close()
+            response.release_conn()
+
+    def _copy_all(
+        self, job_id: str, sources: list[_Source], metadata: Mapping[str, str], deadline: float | None
+    ) -> dict[_Source, CopiedObject]:
+        workers = min(self._concurrency, len(sources))
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="image-copy") as pool:
+            futures: dict[Future[CopiedObject], _Source] = {}
+            for source in sources:
+                stem = f"{job_id}/{source.index}{'-watermark' if source.watermark else ''}"
+                meta = {**metadata, "kling-image-index": str(source.index)}
+                futures[pool.submit(self.copy, source.url, stem, meta, deadline)] = source
+            _done, pending = wait(futures, return_when=FIRST_EXCEPTION)
+            for future in pending:  # fail fast: what has not started will not start
+                future.cancel()
+        results: dict[_Source, CopiedObject] = {}
+        failures: list[str] = []
+        first_code = ""
+        for future, source in futures.items():
+            if future.cancelled():
+                continue
+            error = future.exception()
+            if error is None:
+                results[source] = future.result()
+                continue
+            if not isinstance(error, ImageCopyError):
+                error = ImageCopyError("copy_failed", f"{type(error).__name__}: {error}")
+            first_code = first_code or error.code
+            failures.append(f"{source.label}: {error.message}")
+        if failures:
+            raise ImageCopyError(first_code, "; ".join(failures))
+        return results
+
+    def _upload(
+        self,
+        response: urllib3.BaseHTTPResponse,
+        key_stem: str,
+        metadata: Mapping[str, str],
+        deadline: float | None,
+    ) -> CopiedObject:
+        declared = _content_length(response)
+        if declared is not None and declared > self._max_bytes:
+            raise ImageCopyError("image_too_large", f"is {declared} bytes; MAX_IMAGE_BYTES is {self._max_bytes}")
+        parts = self._parts(response, declared, deadline)
+        first = next(parts, bytearray())
+        image_format = detect_image_format(bytes(first[:32]))
+        if image_format is None:
+            raise ImageCopyError("unsupported_image", f"must be a PNG or JPEG image (starts with {bytes(first[:8])!r})")
+        key = f"{key_stem}.{_EXTENSIONS[image_format]}"
+        content_type = _CONTENT_TYPES[image_format]
+        args = {"Bucket": self._bucket, "Key": key, "ContentType": content_type, "Metadata": _ascii(metadata)}
+        if len(first) < self._part_size:  # the whole image fits in one part: a single PUT
+            next(parts, None)  # runs the end-of-stream checks
+            self._s3.put_object(Body=first, **args)
+            return CopiedObject(key, content_type, len(first))
+        # Hand the first part over in a list the callee empties, so no frame here keeps it alive while the
+        # next part is read: a worker holds one part at a time.
+        handover = [first]
+        del first
+        return CopiedObject(key, content_type, self._multipart(args, handover, parts))
+
+    def _multipart(self, args: Mapping[str, Any], handover: list[bytearray], parts: Iterator[bytearray]) -> int:
+        upload_id = self._s3.create_multipart_upload(**args)["UploadId"]
+        location = {"Bucket": args["Bucket"], "Key": args["Key"], "UploadId": upload_id}
+        try:
+            completed: list[dict[str, Any]] = []
+            size = 0
+            part: bytearray | None = handover.pop()
+            while part is not None:
+                number = len(completed) + 1
+                etag = self._s3.upload_part(Body=part, PartNumber=number, **location)["ETag"]
+                completed.append({"ETag": etag, "PartNumber": number})
+                size += len(part)
+                part = None  # let the buffer go before the next one is read
+                part = next(parts, None)
+            self._s3.complete_multipart_upload(MultipartUpload={"Parts": completed}, **location)
+        except BaseException:
+            self._s3.abort_multipart_upload(**location)
+            raise
+        return size
+
+    def _parts(
+        self, response: urllib3.BaseHTTPResponse, declared: int | None, deadline: float | None
+    ) -> Iterator[bytearray]:
+        """The body in parts of `part_size` bytes (the last may be shorter), checked for size and completeness.
+
+        Each part is filled in place into one preallocated buffer, so a worker holds one part, not two.
+        """
+        received = 0
+        while True:
+            part = bytearray(self._part_size)
+            filled = 0
+            while filled < self._part_size:
+                if deadline is not None and time.monotonic() > deadline:
+                    raise ImageCopyError("copy_timeout", f"not finished in time ({received + filled} bytes read)")
+                chunk = response.read(min(READ_CHUNK, self._part_size - filled))
+                if not chunk:
+                    break
+                part[filled : filled + len(chunk)] = chunk
+                filled += len(chunk)
+                if received + filled > self._max_bytes:
+                    raise ImageCopyError("image_too_large", f"exceeds MAX_IMAGE_BYTES ({self._max_bytes} bytes)")
+            received += filled
+            if filled < self._part_size:  # end of stream
+                if declared is not None and received != declared:
+                    raise ImageCopyError(
+                        "download_incomplete", f"received {received} of {declared} bytes (Content-Length)"
+                    )
+                if filled:
+                    del part[filled:]
+                    yield part
+                return
+            yield part
+            del part  # before the next buffer is allocated
+
+
+def max_image_bytes_from_env(env: Mapping[str, str] | None = None) -> int:
+    """MAX_IMAGE_BYTES (a positive integer), default 50 MiB."""
+    raw = (os.environ if env is None else env).get("MAX_IMAGE_BYTES", "").strip()
+    if not raw:
+        return DEFAULT_MAX_IMAGE_BYTES
+    if not raw.isdigit() or int(raw) < 1:
+        raise ConfigurationError(f"MAX_IMAGE_BYTES: must be a positive integer (got {raw!r})")
+    return int(raw)
+
+
+def _content_length(response: urllib3.BaseHTTPResponse) -> int | None:
+    raw = response.headers.get("Content-Length")
+    if raw is None:
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ImageCopyError("download_failed", f"invalid Content-Length {raw[:40]!r}") from None
+    return value if value >= 0 else None
+
+
+def _host_of(url: str) -> str:
+    return url.split("://", 1)[-1].split("/", 1)[0].rsplit("@", 1)[-1][:200]
+
+
+def _ascii(metadata: Mapping[str, str]) -> dict[str, str]:
+    """S3 user metadata travels in HTTP headers: keep it ASCII."""
+    return {key: quote(value, safe=" !#$&'()*+,-./:;=?@[]^_`{|}~") for key, value in metadata.items()}

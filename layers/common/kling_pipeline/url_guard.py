@@ -1,0 +1,262 @@
+"""Fetching URLs we did not choose: only allow-listed hosts, never internal addresses, redirects re-checked.
+
+Image URLs come from Kling (or a relay), so they are untrusted input: a URL pointing at the instance metadata
+service or at something inside the VPC must not be fetched (SSRF). Every hop is checked, and the connection
+goes to the very address that was checked, so a DNS answer that changes between check and connect (DNS
+rebinding) cannot slip an internal address in.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from urllib.parse import urljoin, urlsplit
+
+import certifi
+import urllib3
+from urllib3.exceptions import HTTPError as Urllib3Error
+
+MAX_REDIRECTS = 3
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+DEFAULT_PORTS = {"http": 80, "https": 443}
+USER_AGENT = "kling-pipeline/0.1 (image copy)"
+
+IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+Resolver = Callable[[str, int], list[str]]
+
+
+class UrlNotAllowedError(ValueError):
+    """The URL (or a redirect) points somewhere images may not be fetched from."""
+
+    code = "url_not_allowed"
+
+
+class FetchError(Exception):
+    """The fetch itself failed: DNS, connection, timeout, an HTTP error status, too many redirects."""
+
+    def __init__(self, code: str, message: str) -> None:
+        self.code = code
+        super().__init__(message)
+
+
+@dataclass(frozen=True)
+class AllowEntry:
+    """`host` (any port), `host:port`, or `.suffix` (any subdomain of suffix, not the suffix itself)."""
+
+    host: str
+    port: int | None = None
+
+    @property
+    def is_suffix(self) -> bool:
+        return self.host.startswith(".")
+
+    def matches(self, host: str, port: int) -> bool:
+        if self.is_suffix:
+            return host.endswith(self.host) and len(host) > len(self.host)
+        return host == self.host and self.port in (None, port)
+
+
+def parse_allowlist(entries: Iterable[str]) -> tuple[AllowEntry, ...]:
+    """Allow-list entries as IMAGE_HOST_ALLOWLIST spells them; ValueError names a malformed entry."""
+    parsed = []
+    for raw in entries:
+        entry = raw.strip().lower()
+        if not entry:
+            continue
+        try:
+            split = urlsplit(f"//{entry}")
+            host, port = _normalise_host(split.hostname or ""), split.port
+        except ValueError:
+            host, port = "", None
+        if not host or split.path or split.query or split.username is not None or "*" in entry:
+            raise ValueError(f"IMAGE_HOST_ALLOWLIST: entry {raw!r} must be a host, host:port or .suffix")
+        if host.startswith(".") and port is not None:
+            raise ValueError(f"IMAGE_HOST_ALLOWLIST: suffix entry {raw!r} must not carry a port")
+        parsed.append(AllowEntry(host, port))
+    return tuple(parsed)
+
+
+def system_resolver(host: str, port: int) -> list[str]:
+    """Every address `host` resolves to (IPv4 and IPv6)."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return list(dict.fromkeys(str(info[4][0]).split("%", 1)[0] for info in infos))
+
+
+def is_public_address(address: IpAddress) -> bool:
+    """False for loopback, private, link-local (incl. 169.254.169.254), CGNAT, multicast, reserved, unspecified."""
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return is_public_address(address.ipv4_mapped)
+    return address.is_global and not address.is_multicast
+
+
+@dataclass(frozen=True)
+class Destination:
+    """A URL that passed the guard, and the checked address to connect to."""
+
+    url: str
+    scheme: str
+    host: str
+    port: int
+    address: str
+    target: str  # path and query, as sent in the request line
+
+    @property
+    def host_header(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return host if self.port == DEFAULT_PORTS[self.scheme] else f"{host}:{self.port}"
+
+
+class UrlGuard:
+    """Decides whether a URL may be fetched. Internal addresses pass only for an exact (`host`/`host:port`)
+    allow-list entry, e.g. a local simulator; suffix entries admit public addresses only."""
+
+    def __init__(self, allowlist: Iterable[str], *, resolver: Resolver = system_resolver) -> None:
+        self._entries = parse_allowlist(allowlist)
+        self._resolve = resolver
+
+    def check(self, url: str) -> Destination:
+        """The Destination for `url`, or UrlNotAllowedError saying which rule it breaks."""
+        try:
+            parts = urlsplit(url)
+            scheme, port = parts.scheme.lower(), parts.port
+            host = _normalise_host(parts.hostname or "")
+        except ValueError:
+            raise UrlNotAllowedError(f"url: must be an absolute http(s) URL (got {url[:200]!r})") from None
+        if scheme not in DEFAULT_PORTS or not host:
+            raise UrlNotAllowedError(f"url: must be an absolute http(s) URL (got {url[:200]!r})")
+        if parts.username is not None or parts.password is not None:
+            raise UrlNotAllowedError(f"url: must not carry credentials (host {host})")
+        port = port or DEFAULT_PORTS[scheme]
+        matching = [entry for entry in self._entries if entry.matches(host, port)]
+        if not matching:
+            raise UrlNotAllowedError(f"url: host {host}:{port} is not in IMAGE_HOST_ALLOWLIST")
+        exact = any(not entry.is_suffix for entry in matching)
+        addresses = self._addresses(host, port)
+        if not exact:
+            for address in addresses:
+                if not is_public_address(address):
+                    raise UrlNotAllowedError(
+                        f"url: host {host} resolves to non-public address {address} "
+                        "(only an exact IMAGE_HOST_ALLOWLIST entry may do that)"
+                    )
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        return Destination(url, scheme, host, port, str(addresses[0]), target)
+
+    def _addresses(self, host: str, port: int) -> list[IpAddress]:
+        try:
+            return [ipaddress.ip_address(host)]
+        except ValueError:
+            pass
+        try:
+            resolved = [ipaddress.ip_address(raw) for raw in self._resolve(host, port)]
+        except (OSError, ValueError) as exc:
+            raise FetchError("dns_failed", f"url: host {host} could not be resolved ({exc})") from None
+        if not resolved:
+            raise FetchError("dns_failed", f"url: host {host} resolved to no address")
+        return resolved
+
+
+class GuardedHttp:
+    """GETs untrusted URLs through a UrlGuard, following redirects itself (each hop re-checked)."""
+
+    def __init__(
+        self,
+        guard: UrlGuard,
+        *,
+        connect_timeout: float = 3.05,
+        read_timeout: float = 15.0,
+        max_redirects: int = MAX_REDIRECTS,
+        pool_size: int = 4,
+    ) -> None:
+        self._guard = guard
+        self._timeout = urllib3.Timeout(connect=connect_timeout, read=read_timeout)
+        self._max_redirects = max_redirects
+        self._pool_size = pool_size
+        self._pools: dict[tuple[str, str, int, str], urllib3.HTTPConnectionPool] = {}
+        self._lock = threading.Lock()
+
+    def open(self, url: str) -> urllib3.BaseHTTPResponse:
+        """A 2xx response whose body is not read yet (stream it, then `release_conn()`)."""
+        for _hop in range(self._max_redirects + 1):
+            destination = self._guard.check(url)
+            response = self._get(destination)
+            if response.status not in REDIRECT_STATUSES:
+                if 200 <= response.status < 300:
+                    return response
+                _discard(response)
+                raise FetchError("http_error", f"GET {_short(url)}: HTTP {response.status}")
+            location = response.headers.get("Location")
+            _discard(response)
+            if not location:
+                raise FetchError("http_error", f"GET {_short(url)}: HTTP {response.status} without Location")
+            url = urljoin(url, location)
+        raise FetchError("too_many_redirects", f"GET: more than {self._max_redirects} redirects (last {_short(url)})")
+
+    def close(self) -> None:
+        with self._lock:
+            pools, self._pools = list(self._pools.values()), {}
+        for pool in pools:
+            pool.close()
+
+    def _get(self, destination: Destination) -> urllib3.BaseHTTPResponse:
+        try:
+            return self._pool(destination).urlopen(
+                "GET",
+                destination.target,
+                headers={
+                    "Host": destination.host_header,
+                    "User-Agent": USER_AGENT,
+                    "Accept": "image/png, image/jpeg, */*;q=0.1",
+                    "Accept-Encoding": "identity",
+                },
+                redirect=False,
+                retries=False,
+                preload_content=False,
+                decode_content=False,
+                assert_same_host=False,
+                timeout=self._timeout,
+            )
+        except Urllib3Error as exc:
+            raise FetchError("network_error", f"GET {_short(destination.url)}: {exc}") from None
+
+    def _pool(self, destination: Destination) -> urllib3.HTTPConnectionPool:
+        key = (destination.scheme, destination.address, destination.port, destination.host)
+        with self._lock:
+            pool = self._pools.get(key)
+            if pool is None:
+                pool = self._new_pool(destination)
+                self._pools[key] = pool
+            return pool
+
+    def _new_pool(self, destination: Destination) -> urllib3.HTTPConnectionPool:
+        # Connect to the checked address; TLS still verifies the certificate against the host name.
+        if destination.scheme == "https":
+            return urllib3.HTTPSConnectionPool(
+                destination.address,
+                destination.port,
+                maxsize=self._pool_size,
+                block=False,
+                server_hostname=destination.host,
+                assert_hostname=destination.host,
+                cert_reqs="CERT_REQUIRED",
+                ca_certs=certifi.where(),
+            )
+        return urllib3.HTTPConnectionPool(destination.address, destination.port, maxsize=self._pool_size, block=False)
+
+
+def _normalise_host(host: str) -> str:
+    return host.strip().lower().rstrip(".") if host.strip(".") else ""
+
+
+def _discard(response: urllib3.BaseHTTPResponse) -> None:
+    # Close rather than drain: an unwanted body may be arbitrarily large.
+    response.close()
+    response.release_conn()
+
+
+def _short(url: str) -> str:
+    """The URL without its query (signed URLs carry credentials there), clipped for messages."""
+    return url.split("?", 1)[0][:200]

@@ -1,0 +1,187 @@
+"""What the webhook tests share: environment wiring, jobs at the simulator, a callback front, a canary."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import boto3
+
+from devstack.http_api_events import WEBHOOK_ROUTE, event_for_request, http_response, kling_callback_event
+from devstack.kling_simulator import KlingSimulator
+from devstack.lambda_context import LambdaContext
+from functions.webhook import app as webhook_app
+from kling_pipeline.kling import BearerKeyAuth, KlingClient, KlingTask
+from kling_pipeline.record import JobRecord
+from kling_pipeline.status import JobStatus
+from kling_pipeline.store import JobStore
+from kling_pipeline.tokens import callback_url
+
+WEBHOOK_SECRET = "test-webhook-secret"
+API_KEY = "test-key"
+
+
+def invoke(event: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    """Run the webhook handler on one event, as Lambda behind API Gateway would; (status, JSON body)."""
+    status, body = _invoke_raw(event)
+    return status, json.loads(body or b"null")
+
+
+def _invoke_raw(event: dict[str, Any]) -> tuple[int, bytes]:
+    response = http_response(webhook_app.lambda_handler(event, LambdaContext(function_name="webhook")))
+    return response.status, response.body
+
+
+class CallbackFront:
+    """A tiny API Gateway: real HTTP POSTs to /callbacks/kling/... become payload-2.0 events for the handler."""
+
+    def __init__(self) -> None:
+        self.statuses: list[int] = []
+        lock = threading.Lock()  # one execution environment: invocations run one at a time
+        front = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                event = event_for_request(
+                    [WEBHOOK_ROUTE], "POST", self.path, headers=list(self.headers.items()), body=body
+                )
+                if event is None:
+                    status, payload = 404, b'{"message":"Not Found"}'
+                else:
+                    with lock:
+                        answer = http_response(
+                            webhook_app.lambda_handler(event, LambdaContext(function_name="webhook"))
+                        )
+                    status, payload = answer.status, answer.body
+                front.statuses.append(status)
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def log_message(self, format: str, *args: Any) -> None:  # quiet
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def start(self) -> CallbackFront:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(5)
+
+
+@dataclass
+class Canary:
+    """A listening server that must never be asked for anything."""
+
+    requests: list[str] = field(default_factory=list)
+    _server: ThreadingHTTPServer | None = None
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        return int(self._server.server_address[1])
+
+
+@contextmanager
+def canary_server() -> Iterator[Canary]:
+    canary = Canary()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            canary.requests.append(f"{self.command} {self.path}")
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def do_POST(self) -> None:
+            self.do_GET()
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    canary._server = server
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield canary
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@dataclass
+class Pipeline:
+    """The webhook's world in one test: the store, the images bucket, the simulator, callback URLs."""
+
+    store: JobStore
+    bucket: str
+    sim: KlingSimulator
+    webhook_base_url: str = "https://hooks.example.test"
+
+    def callback_url(self, job_id: str) -> str:
+        return callback_url(self.webhook_base_url, job_id, WEBHOOK_SECRET)
+
+    def create_task(self, job_id: str, *, n: int = 1, watermark: bool = False, record: bool = True) -> KlingTask:
+        """Create the task at the simulator (callback_url -> webhook_base_url) and, by default, record the job
+        as `submitted` with the task id, as submit does."""
+        body: dict[str, Any] = {
+            "model_name": "kling-v3",
+            "prompt": "a lighthouse at dusk",
+            "n": n,
+            "external_task_id": job_id,
+            "callback_url": self.callback_url(job_id),
+        }
+        if watermark:
+            body["watermark_info"] = {"enabled": True}
+        with KlingClient(self.sim.base_url, BearerKeyAuth(API_KEY)) as client:
+            task = client.create_task(body)
+        if record:
+            status = JobStatus.SUBMITTED
+            assert self.store.create(JobRecord(job_id=job_id, status=status, kling_task_id=task.task_id))
+        return task
+
+    def callback_event(self, job_id: str, task: dict[str, Any] | str | bytes, **kwargs: Any) -> dict[str, Any]:
+        body = task if isinstance(task, str | bytes) else json.dumps(task)
+        return kling_callback_event(self.callback_url(job_id), body, **kwargs)
+
+    def objects(self) -> dict[str, dict[str, Any]]:
+        """Every object in the images bucket, with its head (content type, length, metadata)."""
+        s3 = boto3.client("s3")
+        keys = [item["Key"] for item in s3.list_objects_v2(Bucket=self.bucket).get("Contents", [])]
+        return {key: s3.head_object(Bucket=self.bucket, Key=key) for key in keys}
+
+    def open_uploads(self) -> list[dict[str, Any]]:
+        return list(boto3.client("s3").list_multipart_uploads(Bucket=self.bucket).get("Uploads", []))
+
+    def record(self, job_id: str) -> JobRecord:
+        record = self.store.get(job_id)
+        assert record is not None
+        return record
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, message: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {message}")
+        time.sleep(0.02)
