@@ -1,0 +1,80 @@
+"""The input bucket on S3, as the upload trigger uses it: head, bounded reads and best-effort status tags."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import boto3
+from aws_lambda_powertools import Logger
+from botocore.exceptions import ClientError
+
+from kling_pipeline.ingest import ObjectRef, StoredObject
+
+logger = Logger(child=True)
+
+MAX_TAGS = 10  # S3's limit per object
+_GONE = {"404", "NoSuchKey", "NoSuchVersion", "412", "PreconditionFailed"}
+
+
+class S3UploadBucket:
+    """Reads name one object version (`VersionId`, else `If-Match` on the ETag); a replaced object reads as gone."""
+
+    def __init__(self, *, s3: Any | None = None) -> None:
+        self.client = s3 or boto3.client("s3")
+
+    def head(self, ref: ObjectRef) -> StoredObject | None:
+        try:
+            response = self.client.head_object(**_version_args(ref, guard=True))
+        except ClientError as exc:
+            if _is_gone(exc):
+                return None
+            raise
+        return StoredObject(size=int(response["ContentLength"]), metadata=dict(response.get("Metadata") or {}))
+
+    def read(self, ref: ObjectRef, *, max_bytes: int) -> bytes | None:
+        """At most `max_bytes` + 1 bytes, so a caller can tell an object that grew past its limit."""
+        try:
+            response = self.client.get_object(**_version_args(ref, guard=True))
+        except ClientError as exc:
+            if _is_gone(exc):
+                return None
+            raise
+        body = response["Body"]
+        try:
+            return bytes(body.read(max_bytes + 1))
+        finally:
+            body.close()
+
+    def add_tags(self, ref: ObjectRef, tags: Mapping[str, str], *, keep_existing: bool = False) -> None:
+        """Merge `tags` into the object's tag set (S3 replaces whole sets); failures are logged, never raised.
+
+        The job record is the truth; a tag is a courtesy to the uploader and must not undo a queued job.
+        """
+        target = _version_args(ref, guard=False)
+        try:
+            current = self.client.get_object_tagging(**target)["TagSet"]
+            merged = {tag["Key"]: tag["Value"] for tag in current}
+            for key, value in tags.items():
+                if not (keep_existing and key in merged):
+                    merged[key] = value
+            if len(merged) > MAX_TAGS:
+                logger.warning("object has too many tags to add ours", extra={"upload": ref.uri})
+                return
+            tag_set = [{"Key": key, "Value": value} for key, value in merged.items()]
+            self.client.put_object_tagging(**target, Tagging={"TagSet": tag_set})
+        except ClientError as exc:
+            logger.warning("could not tag upload", extra={"upload": ref.uri, "error": str(exc)})
+
+
+def _version_args(ref: ObjectRef, *, guard: bool) -> dict[str, Any]:
+    args: dict[str, Any] = {"Bucket": ref.bucket, "Key": ref.key}
+    if ref.version_id and ref.version_id != "null":
+        args["VersionId"] = ref.version_id
+    elif guard and ref.etag:
+        args["IfMatch"] = f'"{ref.etag}"'
+    return args
+
+
+def _is_gone(exc: ClientError) -> bool:
+    return str(exc.response.get("Error", {}).get("Code")) in _GONE
