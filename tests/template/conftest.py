@@ -1,0 +1,21 @@
+"""Fixtures for the template tests: the parsed template and samconfig."""
+
+from __future__ import annotations
+
+import tomllib
+from typing import Any
+
+import pytest
+
+from tests.template.cfn import SAMCONFIG, TEMPLATE, load_yaml
+
+
+@pytest.fixture(scope="session")
+def template() -> dict[str, Any]:
+    return load_yaml(TEMPLATE)
+
+
+@pytest.fixture(scope="session")
+def samconfig() -> dict[str, Any]:
+    with SAMCONFIG.open("rb") as stream:
+        return tomllib.load(stream)
