@@ -4,8 +4,10 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The browser test drives Debian's Chromium (Playwright's own browser download cannot work offline).
+CHROMIUM := /usr/bin/chromium
 
-.PHONY: install lint typecheck test unit bench demo clean
+.PHONY: install tools lint typecheck test unit bench demo clean
 
 $(STAMP): requirements-dev.txt layers/deps/requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,6 +18,29 @@ $(STAMP): requirements-dev.txt layers/deps/requirements.txt pyproject.toml
 
 install: $(STAMP)
 
+# AWS's own offline judges of template.yaml, in virtualenvs of their own: aws-sam-cli pins its own boto3,
+# and checkov pins another one (tools/requirements*.txt).
+TOOLS_VENV := .tools-venv
+CHECKOV_VENV := .checkov-venv
+TOOLS_STAMP := $(TOOLS_VENV)/.installed
+CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
+
+$(TOOLS_STAMP): tools/requirements.txt
+	rm -rf $(TOOLS_VENV)
+	$(PYTHON) -m venv $(TOOLS_VENV)
+	$(TOOLS_VENV)/bin/pip install --quiet --upgrade pip
+	$(TOOLS_VENV)/bin/pip install --quiet -r tools/requirements.txt
+	touch $@
+
+$(CHECKOV_STAMP): tools/requirements-checkov.txt
+	rm -rf $(CHECKOV_VENV)
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/pip install --quiet --upgrade pip
+	$(CHECKOV_VENV)/bin/pip install --quiet -r tools/requirements-checkov.txt
+	touch $@
+
+tools: $(TOOLS_STAMP) $(CHECKOV_STAMP)
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -23,7 +48,10 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy layers/common/kling_pipeline devstack functions
 
-test: lint typecheck
+$(CHROMIUM):
+	apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium
+
+test: lint typecheck $(CHROMIUM) tools
 	$(BIN)/pytest
 
 unit: $(STAMP)
@@ -32,5 +60,10 @@ unit: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench
 
+# The whole pipeline on one machine: local stack up, one job through SQS and one through an upload,
+# images and gallery.html in ./out/, a summary, stack down (no process left behind).
+demo: $(STAMP)
+	$(BIN)/python -m devstack.demo --out out
+
 clean:
-	rm -rf $(VENV) .aws-sam .mypy_cache .pytest_cache .ruff_cache out
+	rm -rf $(VENV) $(TOOLS_VENV) $(CHECKOV_VENV) .aws-sam .mypy_cache .pytest_cache .ruff_cache out .devstack

@@ -1,0 +1,307 @@
+"""klingctl: drive the pipeline from a terminal, against the local stack or a deployed one (`--stack NAME`)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import secrets
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+
+from devstack.cli_stack import stack_group
+from devstack.gallery import write_gallery
+from devstack.jobs import Jobs, object_metadata, upload_metadata_fits
+from devstack.progress import watch
+from devstack.state import STATE_ENV, StateError, default_state_path
+from devstack.target import Target, TargetError, deployed_target, local_target
+from devstack.views import jobs_table, record_details
+from kling_pipeline.record import JobRecord
+from kling_pipeline.status import JobStatus
+
+EXIT_FAILED = 1
+EXIT_TIMEOUT = 2
+
+
+@dataclass
+class Cli:
+    state_path: Path
+    stack_name: str | None
+    region: str | None
+    console: Console = field(default_factory=Console)
+    _jobs: Jobs | None = None
+
+    @property
+    def jobs(self) -> Jobs:
+        if self._jobs is None:
+            self._jobs = Jobs(self.target())
+        return self._jobs
+
+    def target(self) -> Target:
+        try:
+            if self.stack_name:
+                return deployed_target(self.stack_name, self.region)
+            return local_target(self.state_path)
+        except (StateError, TargetError) as exc:
+            raise click.ClickException(str(exc)) from exc
+
+
+pass_cli = click.make_pass_decorator(Cli)
+
+
+@click.group()
+@click.option(
+    "--state",
+    "state_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help=f"Local stack state file (default: ${STATE_ENV} or .devstack/state.json).",
+)
+@click.option("--stack", "stack_name", default=None, help="A deployed CloudFormation stack instead of the local one.")
+@click.option("--region", default=None, help="AWS region of --stack (default: boto3's configuration).")
+@click.pass_context
+def cli(ctx: click.Context, state_path: Path | None, stack_name: str | None, region: str | None) -> None:
+    """Drive the kling-pipeline: submit jobs, upload images, follow them, fetch and look at the results."""
+    ctx.obj = Cli(state_path or default_state_path(), stack_name, region)
+
+
+def _kling_fields(
+    *,
+    prompt: str | None,
+    negative_prompt: str | None,
+    model_name: str | None,
+    image_reference: str | None,
+    image_fidelity: float | None,
+    human_fidelity: float | None,
+    resolution: str | None,
+    n: int | None,
+    aspect_ratio: str | None,
+    watermark: bool | None,
+) -> dict[str, Any]:
+    """The options a person set, under Kling's names; unset ones are left out (the pipeline's defaults apply)."""
+    values: dict[str, Any] = {
+        "model_name": model_name,
+        "prompt": prompt,
+        "negative_prompt": negative_prompt,
+        "image_reference": image_reference,
+        "image_fidelity": image_fidelity,
+        "human_fidelity": human_fidelity,
+        "resolution": resolution,
+        "n": n,
+        "aspect_ratio": aspect_ratio,
+    }
+    if watermark is not None:
+        values["watermark_info"] = {"enabled": watermark}
+    return {name: value for name, value in values.items() if value is not None}
+
+
+def kling_options(function: Any) -> Any:
+    """The Kling create options both `submit` and `upload` take. No range checks here: the pipeline decides."""
+    options = [
+        click.option("--prompt", "-p", required=True, help="What to draw (at most 2500 characters)."),
+        click.option("--negative-prompt", default=None, help="What to avoid (text-to-image only)."),
+        click.option("--model-name", default=None, help="Kling model, e.g. kling-v3 (the default)."),
+        click.option("--image-reference", default=None, help="subject or face (needs an image)."),
+        click.option("--image-fidelity", type=float, default=None, help="0..1"),
+        click.option("--human-fidelity", type=float, default=None, help="0..1"),
+        click.option("--resolution", default=None, help="1k (default) or 2k."),
+        click.option("-n", "--n", "n", type=int, default=None, help="Number of images, 1..9 (default 1)."),
+        click.option("--aspect-ratio", default=None, help="1:1, 16:9 (default), 4:3, 3:2, 2:3, 3:4, 9:16 or 21:9."),
+        click.option("--watermark/--no-watermark", default=None, help="Also keep a watermarked copy of each image."),
+        click.option("--job-id", default=None, help="Your own job id (default: generated)."),
+        click.option("--meta", "meta", multiple=True, metavar="KEY=VALUE", help="Metadata kept on the job record."),
+        click.option("--wait", is_flag=True, help="Show live progress until the job is final."),
+        click.option("--timeout", type=float, default=120.0, show_default=True, help="Seconds --wait waits."),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
+@cli.command()
+@kling_options
+@click.option("--image", default=None, help="Reference image: a local PNG/JPEG file (sent as base64) or a URL.")
+@click.option("--image-s3", default=None, metavar="s3://BUCKET/KEY", help="Reference image already in S3.")
+@click.option("--element-id", "element_ids", type=int, multiple=True, help="Kling element id (repeatable).")
+@pass_cli
+def submit(
+    app: Cli,
+    /,
+    image: str | None,
+    image_s3: str | None,
+    element_ids: tuple[int, ...],
+    job_id: str | None,
+    meta: tuple[str, ...],
+    wait: bool,
+    timeout: float,
+    **options: Any,
+) -> None:
+    """Put a job on the jobs queue (text-to-image, or image-to-image with --image/--image-s3)."""
+    job = _kling_fields(**options)
+    if image is not None:
+        job["image"] = _image_value(image)
+    if image_s3 is not None:
+        job["image_s3"] = _parse_s3_uri(image_s3)
+    if element_ids:
+        job["element_list"] = [{"element_id": element_id} for element_id in element_ids]
+    if job_id:
+        job["job_id"] = job_id
+    if meta:
+        job["metadata"] = _parse_meta(meta)
+    queued = app.jobs.submit(job)
+    app.console.print(f"queued job [bold]{queued}[/] on {app.jobs.target.description}")
+    if wait:
+        _wait_and_exit(app, [queued], timeout)
+
+
+@cli.command()
+@click.argument("image", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@kling_options
+@click.option("--element-id", "element_ids", type=int, multiple=True, help="Kling element id (repeatable).")
+@click.option(
+    "--manifest", is_flag=True, help="Send the job as uploads/<name>.json (automatic for long or non-ASCII text)."
+)
+@pass_cli
+def upload(
+    app: Cli,
+    /,
+    image: Path,
+    element_ids: tuple[int, ...],
+    manifest: bool,
+    job_id: str | None,
+    meta: tuple[str, ...],
+    wait: bool,
+    timeout: float,
+    **options: Any,
+) -> None:
+    """Image-to-image through the S3 trigger: put IMAGE under uploads/ with the job as x-amz-meta-* metadata."""
+    job = _kling_fields(**options)
+    if element_ids:
+        job["element_list"] = [{"element_id": element_id} for element_id in element_ids]
+    job["job_id"] = job_id or _upload_job_id(image)
+    metadata = _parse_meta(meta)
+    if manifest or not upload_metadata_fits(job, metadata):
+        uploaded = app.jobs.upload_with_manifest(image, {**job, **({"metadata": metadata} if metadata else {})})
+    else:
+        uploaded = app.jobs.upload(image, {**metadata, **object_metadata(job)})
+    app.console.print(f"uploaded s3://{uploaded.bucket}/{uploaded.key} as job [bold]{job['job_id']}[/]")
+    if wait:
+        _wait_and_exit(app, [job["job_id"]], timeout)
+
+
+@cli.command()
+@click.argument("job_id")
+@click.option("--json", "as_json", is_flag=True, help="Print the job record as JSON.")
+@pass_cli
+def status(app: Cli, job_id: str, as_json: bool) -> None:
+    """Show a job: status, error (code and message), images, Kling's task id."""
+    record = _require(app, job_id)
+    if as_json:
+        click.echo(json.dumps(record.model_dump(mode="json", exclude_none=True), indent=2))
+        return
+    app.console.print(record_details(record, app.jobs.target.images_bucket), soft_wrap=True)
+
+
+@cli.command(name="list")
+@click.option("--limit", type=int, default=20, show_default=True)
+@pass_cli
+def list_jobs(app: Cli, limit: int) -> None:
+    """A table of recent jobs with status, age, images and error."""
+    records = app.jobs.recent(limit)
+    if not records:
+        app.console.print("no jobs yet")
+        return
+    app.console.print(jobs_table(records, title=f"recent jobs on {app.jobs.target.description}"))
+
+
+@cli.command()
+@click.argument("job_id")
+@click.option("-o", "--output", "directory", type=click.Path(file_okay=False, path_type=Path), default=Path())
+@pass_cli
+def fetch(app: Cli, job_id: str, directory: Path) -> None:
+    """Download a job's images into a directory."""
+    record = _require(app, job_id)
+    if not record.images:
+        raise click.ClickException(f"job {job_id} has no images (status {record.status.value})")
+    for path in app.jobs.fetch(record, directory):
+        app.console.print(f"saved {path}")
+
+
+@cli.command()
+@click.option("-o", "--output", "path", type=click.Path(dir_okay=False, path_type=Path), default=Path("gallery.html"))
+@click.option("--limit", type=int, default=50, show_default=True)
+@pass_cli
+def gallery(app: Cli, path: Path, limit: int) -> None:
+    """Write an HTML page of recent jobs with their images as thumbnails (self-contained)."""
+    jobs = app.jobs
+    records = jobs.recent(limit)
+    write_gallery(path, records, lambda bucket, key: jobs.image(key, bucket), subtitle=jobs.target.description)
+    app.console.print(f"wrote {path} ({len(records)} job(s))")
+
+
+cli.add_command(stack_group)
+
+
+def main() -> None:
+    cli()
+
+
+# -- helpers -----------------------------------------------------------------------------------------------
+
+
+def _wait_and_exit(app: Cli, job_ids: list[str], timeout: float) -> None:
+    final = watch(app.jobs, job_ids, app.console, timeout=timeout)
+    for job_id in job_ids:
+        record = final.get(job_id)
+        if record is not None:
+            app.console.print(record_details(record, app.jobs.target.images_bucket), soft_wrap=True)
+    records = list(final.values())
+    if any(record is None or not record.status.is_final for record in records):
+        app.console.print(f"[yellow]not final after {timeout:.0f}s[/]")
+        sys.exit(EXIT_TIMEOUT)
+    if any(record is not None and record.status is JobStatus.FAILED for record in records):
+        sys.exit(EXIT_FAILED)
+
+
+def _require(app: Cli, job_id: str) -> JobRecord:
+    record = app.jobs.get(job_id)
+    if record is None:
+        raise click.ClickException(f"no job {job_id!r} on {app.jobs.target.description}")
+    return record
+
+
+def _image_value(image: str) -> str:
+    """A URL is sent as is; a local file as plain base64 (no data: prefix), as Kling wants."""
+    if re.match(r"^[a-z][a-z0-9+.-]*://", image, re.IGNORECASE):
+        return image
+    path = Path(image)
+    if not path.is_file():
+        raise click.BadParameter(f"not a file or URL: {image}", param_hint="--image")
+    return base64.b64encode(path.read_bytes()).decode()
+
+
+def _parse_s3_uri(uri: str) -> dict[str, str]:
+    match = re.fullmatch(r"s3://([^/]+)/(.+)", uri)
+    if not match:
+        raise click.BadParameter(f"must look like s3://BUCKET/KEY (got {uri!r})", param_hint="--image-s3")
+    return {"bucket": match[1], "key": match[2]}
+
+
+def _parse_meta(pairs: tuple[str, ...]) -> dict[str, str]:
+    parsed: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"must be KEY=VALUE (got {pair!r})", param_hint="--meta")
+        parsed[key] = value
+    return parsed
+
+
+def _upload_job_id(image: Path) -> str:
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", image.stem).strip("-")[:40] or "upload"
+    return f"{stem}-{secrets.token_hex(4)}"

@@ -1,0 +1,132 @@
+"""`make demo`: start the local stack, run a text-to-image job through SQS and an image-to-image job through
+an upload, save the images and a gallery under ./out/, print a summary and stop the stack."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import secrets
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from PIL import Image, ImageDraw
+from rich.console import Console
+from rich.table import Table
+
+from devstack.gallery import write_gallery
+from devstack.jobs import Jobs, object_metadata
+from devstack.progress import watch
+from devstack.stack_control import spawn_stack, stop_process, wait_ready
+from devstack.state import pid_alive
+from devstack.target import local_target
+from devstack.views import status_text
+from kling_pipeline.record import JobRecord
+from kling_pipeline.status import JobStatus
+
+TEXT_PROMPT = "a lighthouse on a basalt cliff at dusk, warm windows, long exposure sea, cinematic"
+UPLOAD_PROMPT = "the same hills in watercolour, soft morning light"
+
+
+def source_image(path: Path, size: tuple[int, int] = (768, 512)) -> Path:
+    """A small landscape (sky gradient, sun, hills) to start the image-to-image job from."""
+    width, height = size
+    picture = Image.new("RGB", size)
+    draw = ImageDraw.Draw(picture)
+    for y in range(height):
+        t = y / height
+        draw.line([(0, y), (width, y)], fill=(int(40 + 200 * t), int(90 + 90 * t), int(200 - 80 * t)))
+    draw.ellipse([width * 0.62, height * 0.16, width * 0.78, height * 0.40], fill=(255, 214, 120))
+    for layer, (shade, amplitude, base) in enumerate([((70, 120, 90), 40, 0.62), ((40, 85, 60), 55, 0.75)]):
+        points = [
+            (x, height * base + amplitude * math.sin(x / (90 + 40 * layer) + layer)) for x in range(0, width + 8, 8)
+        ]
+        draw.polygon([(0, height), *points, (width, height)], fill=shade)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    picture.save(path, format="PNG")
+    return path
+
+
+def summary_table(records: dict[str, JobRecord | None], entries: dict[str, str], saved: dict[str, list[Path]]) -> Table:
+    table = Table(title="demo summary")
+    table.add_column("job")
+    table.add_column("entry")
+    table.add_column("status")
+    table.add_column("images", justify="right")
+    table.add_column("saved to / error", overflow="fold")
+    for job_id, record in records.items():
+        if record is None:
+            table.add_row(job_id, entries[job_id], status_text(None), "0", "")
+            continue
+        if record.error:
+            detail = f"{record.error.code}: {record.error.message}"
+        else:
+            files = saved.get(job_id, [])
+            detail = f"{files[0].parent}/ ({len(files)} file(s))" if files else ""
+        table.add_row(job_id, entries[job_id], status_text(record.status), str(len(record.images or [])), detail)
+    return table
+
+
+def run_demo(out: Path, timeout: float, console: Console) -> bool:
+    started = time.monotonic()
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    work = Path(".devstack") / "demo"
+    state_path = (work / "state.json").resolve()
+    process = spawn_stack(state_path, work / "stack.log")
+    try:
+        with console.status("starting the local stack (moto, Kling simulator, handlers)"):
+            wait_ready(state_path, process)
+        console.print(
+            f"local stack up in {time.monotonic() - started:.1f}s (pid {process.pid}, log {work / 'stack.log'})"
+        )
+        jobs = Jobs(local_target(state_path))
+        tag = secrets.token_hex(3)
+        text_job = jobs.submit({"job_id": f"t2i-{tag}", "prompt": TEXT_PROMPT, "n": 4, "aspect_ratio": "1:1"})
+        console.print(f"text-to-image: queued [bold]{text_job}[/] on the jobs queue (n=4)")
+        image_job = f"i2i-{tag}"
+        upload_job = {
+            "job_id": image_job,
+            "prompt": UPLOAD_PROMPT,
+            "n": 2,
+            "aspect_ratio": "3:2",
+            "image_fidelity": 0.6,
+        }
+        uploaded = jobs.upload(source_image(out / "inputs" / "hills.png"), object_metadata(upload_job))
+        console.print(f"image-to-image: uploaded s3://{uploaded.bucket}/{uploaded.key} as job [bold]{image_job}[/]")
+        records = watch(jobs, [text_job, image_job], console, timeout=timeout)
+        saved = {
+            job_id: jobs.fetch(record, out / job_id)
+            for job_id, record in records.items()
+            if record is not None and record.images
+        }
+        gallery = write_gallery(
+            out / "gallery.html",
+            jobs.recent(limit=None),
+            lambda bucket, key: jobs.image(key, bucket),
+            subtitle="make demo",
+        )
+        console.print(summary_table(records, {text_job: "SQS", image_job: "S3 upload"}, saved))
+        console.print(f"gallery: {gallery} · images: {sum(len(paths) for paths in saved.values())} file(s) in {out}/")
+    finally:
+        with console.status("stopping the local stack"):
+            code = stop_process(process)
+    if pid_alive(process.pid):
+        console.print(f"[red]the stack (pid {process.pid}) is still running[/]")
+        return False
+    console.print(f"stack stopped (exit code {code}); demo took {time.monotonic() - started:.1f}s")
+    return all(record is not None and record.status is JobStatus.SUCCEEDED for record in records.values())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m devstack.demo", description=__doc__)
+    parser.add_argument("--out", type=Path, default=Path("out"), help="where images and gallery.html go")
+    parser.add_argument("--timeout", type=float, default=40.0, help="seconds to wait for the jobs")
+    args = parser.parse_args(argv)
+    return 0 if run_demo(args.out, args.timeout, Console()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

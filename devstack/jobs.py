@@ -1,0 +1,174 @@
+"""What the CLI and the demo do to a pipeline: enqueue jobs, upload images, read records, fetch images."""
+
+from __future__ import annotations
+
+import json
+import mimetypes
+import re
+import secrets
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from devstack.target import Target
+from kling_pipeline.record import JobRecord
+from kling_pipeline.store import JobStore, from_dynamo
+
+UPLOADS_PREFIX = "uploads/"
+MAX_METADATA_BYTES = 2048  # S3's limit on user-defined metadata
+_EXTENSIONS = {"image/png": ".png", "image/jpeg": ".jpg"}
+_SAFE_NAME = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+@dataclass(frozen=True)
+class Upload:
+    bucket: str
+    key: str
+
+
+def object_metadata(job: Mapping[str, Any]) -> dict[str, str]:
+    """A job as S3 object metadata, in the names the ingest function reads (`aspect-ratio`, `watermark`...)."""
+    metadata: dict[str, str] = {}
+    for name, value in job.items():
+        if name == "watermark_info":
+            metadata["watermark"] = "true" if value.get("enabled") else "false"
+        elif name == "element_list":
+            metadata["element-ids"] = ",".join(str(element["element_id"]) for element in value)
+        else:
+            metadata[name.replace("_", "-")] = str(value)
+    return metadata
+
+
+def upload_metadata_fits(job: Mapping[str, Any], extra: Mapping[str, str]) -> bool:
+    """S3 metadata is ASCII and at most 2 KB; anything else must travel as a manifest."""
+    metadata = {**extra, **object_metadata(job)}
+    size = sum(len(key) + len(value) for key, value in metadata.items())
+    return size <= MAX_METADATA_BYTES and all(value.isascii() for value in metadata.values())
+
+
+class Jobs:
+    """One pipeline's jobs, reached through its queue, buckets and table."""
+
+    def __init__(self, target: Target) -> None:
+        self.target = target
+
+    # Clients are made on first use: each costs a service model load, and most commands need one.
+    @cached_property
+    def _sqs(self) -> Any:
+        return self.target.client("sqs")
+
+    @cached_property
+    def _s3(self) -> Any:
+        return self.target.client("s3")
+
+    @cached_property
+    def _dynamodb(self) -> Any:
+        return self.target.dynamodb()
+
+    @cached_property
+    def _table(self) -> Any:
+        return self._dynamodb.Table(self.target.table)
+
+    @cached_property
+    def _store(self) -> JobStore:
+        return JobStore(self.target.table, dynamodb=self._dynamodb)
+
+    def submit(self, job: Mapping[str, Any]) -> str:
+        """Enqueue a job; its id is `job_id` when given, else the SQS message id (as the pipeline defaults)."""
+        sent = self._sqs.send_message(QueueUrl=self.target.queue_url, MessageBody=json.dumps(job))
+        return str(job.get("job_id") or sent["MessageId"])
+
+    def upload(self, image: Path, metadata: Mapping[str, str]) -> Upload:
+        """Put an image under `uploads/` with the job's fields as `x-amz-meta-*` metadata."""
+        key = self._upload_key(image, image.suffix.lower())
+        self._put(key, image.read_bytes(), metadata)
+        return Upload(self.target.input_bucket, key)
+
+    def upload_with_manifest(self, image: Path, job: Mapping[str, Any]) -> Upload:
+        """Put the image (no metadata: it waits), then `uploads/<name>.json`, a whole job naming it."""
+        image_key = self._upload_key(image, image.suffix.lower())
+        self._put(image_key, image.read_bytes(), {})
+        manifest_key = image_key.rsplit(".", 1)[0] + ".json"
+        manifest = {**job, "image_s3": {"bucket": self.target.input_bucket, "key": image_key}}
+        self._put(manifest_key, json.dumps(manifest, ensure_ascii=False).encode(), {}, "application/json")
+        return Upload(self.target.input_bucket, manifest_key)
+
+    def _upload_key(self, image: Path, suffix: str) -> str:
+        stem = _SAFE_NAME.sub("-", image.stem).strip("-") or "upload"
+        return f"{UPLOADS_PREFIX}{stem}-{secrets.token_hex(4)}{suffix}"
+
+    def _put(self, key: str, body: bytes, metadata: Mapping[str, str], content_type: str | None = None) -> None:
+        self._s3.put_object(
+            Bucket=self.target.input_bucket,
+            Key=key,
+            Body=body,
+            ContentType=content_type or mimetypes.guess_type(key)[0] or "application/octet-stream",
+            Metadata=dict(metadata),
+        )
+
+    def get(self, job_id: str) -> JobRecord | None:
+        return self._store.get(job_id)
+
+    def recent(self, limit: int | None = 20) -> list[JobRecord]:
+        """Newest first. Scans the table: a dev tool's view, not something the pipeline does."""
+        items: list[dict[str, Any]] = []
+        kwargs: dict[str, Any] = {}
+        while True:
+            page = self._table.scan(**kwargs)
+            items.extend(page.get("Items", []))
+            if "LastEvaluatedKey" not in page:
+                break
+            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        records = [JobRecord.model_validate(from_dynamo(item)) for item in items]
+        records.sort(key=lambda record: record.created_at, reverse=True)
+        return records if limit is None else records[:limit]
+
+    def image(self, key: str, bucket: str | None = None) -> bytes:
+        body: bytes = self._s3.get_object(Bucket=bucket or self.target.images_bucket, Key=key)["Body"].read()
+        return body
+
+    def fetch(self, record: JobRecord, directory: Path) -> list[Path]:
+        """Download a job's images (and watermarked copies) into `directory`."""
+        directory.mkdir(parents=True, exist_ok=True)
+        saved: list[Path] = []
+        for image in record.images or []:
+            keys = [(image.s3_key, "")]
+            if image.watermark_s3_key:
+                keys.append((image.watermark_s3_key, "-watermark"))
+            for key, suffix in keys:
+                extension = Path(key).suffix or _EXTENSIONS.get(image.content_type, "")
+                path = directory / f"{record.job_id}-{image.index}{suffix}{extension}"
+                path.write_bytes(self.image(key))
+                saved.append(path)
+        return saved
+
+    def wait(
+        self,
+        job_ids: Iterable[str],
+        *,
+        timeout: float = 120.0,
+        interval: float = 0.2,
+        on_change: Callable[[str, JobRecord | None], None] | None = None,
+        resolve: Callable[[str], JobRecord | None] | None = None,
+    ) -> dict[str, JobRecord | None]:
+        """Poll until every job is final or `timeout` passes; `on_change` sees every status change."""
+        read = resolve or self.get
+        pending = list(dict.fromkeys(job_ids))
+        latest: dict[str, JobRecord | None] = dict.fromkeys(pending)
+        deadline = time.monotonic() + timeout
+        while pending and time.monotonic() < deadline:
+            for job_id in list(pending):
+                record = read(job_id)
+                before = latest[job_id]
+                if record is not None and (before is None or before.status != record.status):
+                    latest[job_id] = record
+                    if on_change:
+                        on_change(job_id, record)
+                if record is not None and record.status.is_final:
+                    pending.remove(job_id)
+            if pending:
+                time.sleep(interval)
+        return latest

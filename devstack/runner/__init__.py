@@ -1,0 +1,1 @@
+"""Runs the pipeline's Lambda handlers in-process, fed the way AWS feeds them (SQS, S3, HTTP API, schedule)."""

@@ -1,0 +1,97 @@
+"""A Lambda function run in-process: its real `lambda_handler`, a context object, one invocation at a time."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from devstack.lambda_context import LambdaContext
+
+logger = logging.getLogger("devstack.functions")
+
+Handler = Callable[[Any, Any], Any]
+
+
+@dataclass(frozen=True)
+class FunctionSpec:
+    """What the template says about a function: its name, handler module, timeout and memory."""
+
+    name: str
+    module: str
+    timeout_seconds: int = 30
+    memory_mb: int = 512
+    # Per-function variables (e.g. POWERTOOLS_SERVICE_NAME). Functions share one process, so these are set
+    # only while the handler module is imported, which is when Powertools reads them.
+    import_environment: Mapping[str, str] = field(default_factory=dict)
+
+    def importable(self) -> bool:
+        try:
+            return importlib.util.find_spec(self.module) is not None
+        except ModuleNotFoundError:
+            return False
+
+
+class LambdaFunction:
+    """Invokes a handler like Lambda would; a lock stands in for one execution environment per function.
+
+    Handlers keep clients in module globals (as they do between warm invocations); serialising invocations
+    keeps that safe without asking handlers to be thread-safe, which Lambda never does either.
+    """
+
+    def __init__(self, spec: FunctionSpec) -> None:
+        self.spec = spec
+        self._handler: Handler | None = None
+        self._lock = threading.Lock()
+        self.invocations = 0
+        self.errors = 0
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def load(self) -> LambdaFunction:
+        """Import the handler module now (the cold start), so a broken function fails the stack's start."""
+        saved = {name: os.environ.get(name) for name in self.spec.import_environment}
+        os.environ.update(self.spec.import_environment)
+        try:
+            module = importlib.import_module(self.spec.module)
+        finally:
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
+        self._handler = module.lambda_handler
+        return self
+
+    def invoke(self, event: Any) -> Any:
+        """Run the handler; its exceptions propagate, as a failed invocation does to the caller."""
+        if self._handler is None:
+            self.load()
+        assert self._handler is not None
+        with self._lock:
+            self.invocations += 1
+            context = LambdaContext(
+                function_name=self.spec.name,
+                timeout_seconds=self.spec.timeout_seconds,
+                memory_mb=self.spec.memory_mb,
+            )
+            started = time.monotonic()
+            try:
+                return self._handler(event, context)
+            except Exception:
+                self.errors += 1
+                logger.exception("%s: invocation failed", self.spec.name)
+                raise
+            finally:
+                elapsed = time.monotonic() - started
+                if elapsed > self.spec.timeout_seconds:
+                    logger.warning("%s: ran %.1fs, past its %ds timeout", self.name, elapsed, self.spec.timeout_seconds)
+                logger.info("%s: invocation took %.3fs", self.spec.name, elapsed)

@@ -1,0 +1,66 @@
+"""Scheduled functions on a timer, invoked with the event an EventBridge schedule rule sends."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from devstack.runner.functions import LambdaFunction
+
+logger = logging.getLogger("devstack.schedule")
+
+ACCOUNT_ID = "123456789012"
+
+
+def scheduled_event(rule_name: str, region: str) -> dict[str, Any]:
+    """The `Scheduled Event` EventBridge delivers for a rate/cron rule."""
+    return {
+        "version": "0",
+        "id": str(uuid.uuid4()),
+        "detail-type": "Scheduled Event",
+        "source": "aws.events",
+        "account": ACCOUNT_ID,
+        "time": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "region": region,
+        "resources": [f"arn:aws:events:{region}:{ACCOUNT_ID}:rule/{rule_name}"],
+        "detail": {},
+    }
+
+
+class Schedule:
+    """Invokes `function` every `interval` seconds (the first run one interval after start)."""
+
+    def __init__(self, function: LambdaFunction, interval: float, *, rule_name: str, region: str) -> None:
+        if interval <= 0:
+            raise ValueError(f"interval: must be greater than 0 (got {interval})")
+        self.function = function
+        self.interval = interval
+        self._rule_name = rule_name
+        self._region = region
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"schedule-{function.name}", daemon=True)
+        self.runs = 0
+
+    def start(self) -> Schedule:
+        self._thread.start()
+        return self
+
+    def request_stop(self) -> None:
+        """Ask the thread to end without waiting (stop several at once, then join each)."""
+        self._stop.set()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.runs += 1
+            try:
+                self.function.invoke(scheduled_event(self._rule_name, self._region))
+            except Exception:
+                logger.warning("%s: scheduled run failed; next run in %.1fs", self.function.name, self.interval)

@@ -1,0 +1,248 @@
+"""The local stack: the whole pipeline on one machine, in one process.
+
+moto (server mode) is AWS, the Kling simulator is Kling, and the real handlers run in-process, fed by
+an HTTP API front, SQS pollers, S3 upload notifications and a schedule. `python -m devstack.stack up`
+(or `klingctl stack up`) starts it; Ctrl-C, SIGTERM or `klingctl stack down` stops everything it started.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import boto3
+
+from devstack.aws_resources import AwsResources, create_resources
+from devstack.kling_simulator import KlingSimulator, SimulatorConfig
+from devstack.moto_server import REGION, MotoServer
+from devstack.runner.functions import FunctionSpec, LambdaFunction
+from devstack.runner.http_front import HttpApiFront
+from devstack.runner.s3_notifications import configure_upload_notifications, notification_dispatch
+from devstack.runner.scheduler import Schedule
+from devstack.runner.sqs_poller import QueuePoller, lambda_dispatch
+from devstack.sqs_events import queue_arn
+from devstack.state import StackState, default_state_path
+
+logger = logging.getLogger("devstack.stack")
+
+CODE_ROOT = Path(__file__).resolve().parent.parent
+WEBHOOK_ROUTE = "POST /callbacks/kling/{job_id}"
+
+METRICS_NAMESPACE = "KlingPipeline"
+
+
+def _function(name: str, timeout_seconds: int, memory_mb: int = 512) -> FunctionSpec:
+    return FunctionSpec(
+        name,
+        f"functions.{name}.app",
+        timeout_seconds=timeout_seconds,
+        memory_mb=memory_mb,
+        import_environment={"POWERTOOLS_SERVICE_NAME": name},
+    )
+
+
+# Timeouts and memory as template.yaml sets them.
+SUBMIT = _function("submit", 60)
+WEBHOOK = _function("webhook", 30, 1024)
+INGEST = _function("ingest", 60)
+RECONCILE = _function("reconcile", 300, 1024)
+
+
+@dataclass(frozen=True)
+class StackConfig:
+    state_path: Path = field(default_factory=default_state_path)
+    prefix: str = "kling-pipeline"
+    host: str = "127.0.0.1"
+    batch_size: int = 10
+    batching_window: float = 0.0
+    visibility_timeout: int = 10
+    max_receive_count: int = 3
+    reconcile_interval: float = 10.0
+    processing_delay: float = 0.3
+    succeed_delay: float = 0.5
+    code_root: Path = CODE_ROOT
+
+
+class LocalStack:
+    """Start with `start()` (returns the state it wrote), end with `stop()`; both are idempotent."""
+
+    def __init__(self, config: StackConfig) -> None:
+        self.config = config
+        self.functions: dict[str, LambdaFunction] = {}
+        self._moto: MotoServer | None = None
+        self._simulator: KlingSimulator | None = None
+        self._front: HttpApiFront | None = None
+        self._pollers: list[QueuePoller] = []
+        self._schedules: list[Schedule] = []
+        self.state: StackState | None = None
+
+    def start(self) -> StackState:
+        try:
+            return self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self) -> StackState:
+        config = self.config
+        if str(config.code_root) not in sys.path:
+            # What Lambda's /var/task is for a function: where its handler module is found.
+            sys.path.insert(0, str(config.code_root))
+        self._moto = MotoServer(config.host).start()
+        self._moto.apply_environment(os.environ)
+        resources = create_resources(
+            config.prefix, visibility_timeout=config.visibility_timeout, max_receive_count=config.max_receive_count
+        )
+        event_bus = f"{config.prefix}-events"
+        boto3.client("events").create_event_bus(Name=event_bus)
+        api_key = secrets.token_urlsafe(24)
+        self._simulator = KlingSimulator(
+            SimulatorConfig(
+                host=config.host,
+                api_key=api_key,
+                processing_delay=config.processing_delay,
+                succeed_delay=config.succeed_delay,
+            )
+        ).start()
+        self._front = HttpApiFront(host=config.host).start()
+        os.environ.update(self._function_environment(resources, api_key, event_bus))
+
+        submit, webhook, ingest = (self._load(spec) for spec in (SUBMIT, WEBHOOK, INGEST))
+        self._front.routes[WEBHOOK_ROUTE] = webhook
+        sqs = boto3.client("sqs")
+        s3 = boto3.client("s3")
+        self._pollers.append(
+            QueuePoller(
+                "jobs",
+                sqs,
+                resources.queue_url,
+                lambda_dispatch(submit, queue_arn(resources.queue_url, sqs=sqs)),
+                batch_size=config.batch_size,
+                batching_window=config.batching_window,
+            ).start()
+        )
+        notifications = configure_upload_notifications(
+            s3,
+            sqs,
+            bucket=resources.input_bucket,
+            queue_name=f"{config.prefix}-upload-notifications",
+            dlq_name=f"{config.prefix}-ingest-dlq",
+        )
+        self._pollers.append(
+            QueuePoller("uploads", sqs, notifications.queue_url, notification_dispatch(ingest), batch_size=10).start()
+        )
+        if RECONCILE.importable():
+            reconcile = self._load(RECONCILE)
+            schedule = Schedule(
+                reconcile, config.reconcile_interval, rule_name=f"{config.prefix}-reconcile", region=REGION
+            )
+            self._schedules.append(schedule.start())
+        else:
+            logger.warning("%s is not importable: no reconcile schedule", RECONCILE.module)
+
+        self.state = StackState(
+            pid=os.getpid(),
+            moto_endpoint=self._moto.endpoint_url,
+            simulator_url=self._simulator.base_url,
+            webhook_url=self._front.base_url,
+            table=resources.table,
+            queue_url=resources.queue_url,
+            dlq_url=resources.dlq_url,
+            uploads_queue_url=notifications.queue_url,
+            ingest_dlq_url=notifications.dlq_url,
+            input_bucket=resources.input_bucket,
+            images_bucket=resources.images_bucket,
+            region=REGION,
+            event_bus=event_bus,
+            started_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        )
+        self.state.write(config.state_path)
+        return self.state
+
+    def stop(self) -> None:
+        """Stop triggers first, so no invocation starts against a server that is going away."""
+        started = time.monotonic()
+        triggers: list[QueuePoller | Schedule] = [*self._schedules, *self._pollers]
+        for trigger in triggers:
+            trigger.request_stop()
+        for trigger in triggers:
+            trigger.stop()
+        self._schedules.clear()
+        self._pollers.clear()
+        if self._front is not None:
+            self._front.stop()
+            self._front = None
+        if self._simulator is not None:
+            self._simulator.stop()
+            self._simulator = None
+        if self._moto is not None:
+            self._moto.stop()
+            self._moto = None
+        if self.state is not None:
+            _remove_own_state(self.config.state_path, self.state.pid)
+            self.state = None
+        logger.info("local stack stopped in %.2fs", time.monotonic() - started)
+
+    def _load(self, spec: FunctionSpec) -> LambdaFunction:
+        function = LambdaFunction(spec).load()
+        self.functions[spec.name] = function
+        return function
+
+    def _function_environment(self, resources: AwsResources, api_key: str, event_bus: str) -> dict[str, str]:
+        """The contract's variables, exactly as the template sets them, pointing at the local parts."""
+        assert self._simulator is not None and self._front is not None and self._moto is not None
+        simulator_host = self._simulator.base_url.split("://", 1)[1].rstrip("/")
+        return {
+            **resources.environment(),
+            "KLING_API_BASE_URL": self._simulator.base_url,
+            "KLING_API_KEY": api_key,
+            "WEBHOOK_BASE_URL": self._front.base_url,
+            "WEBHOOK_SECRET": secrets.token_urlsafe(32),
+            "IMAGE_HOST_ALLOWLIST": simulator_host,
+            "AWS_ENDPOINT_URL": self._moto.endpoint_url,
+            "EVENT_BUS_NAME": event_bus,
+            "POWERTOOLS_METRICS_NAMESPACE": METRICS_NAMESPACE,
+            "LOG_LEVEL": "INFO",
+            # The submit function fails a job on its last delivery: it must know the queue's redrive count.
+            "MAX_RECEIVE_COUNT": str(self.config.max_receive_count),
+            # Retry delays for Kling's "try later" answers, shortened from AWS's 10 s..15 min for a dev loop.
+            "SUBMIT_RETRY_BASE_SECONDS": "1",
+            "SUBMIT_RETRY_MAX_DELAY_SECONDS": "10",
+        }
+
+
+def run(config: StackConfig, stop: threading.Event, ready: Callable[[StackState], None] | None = None) -> StackState:
+    """Start the stack, block until `stop` is set, then stop it; returns the state it served."""
+    started = time.monotonic()
+    stack = LocalStack(config)
+    state = stack.start()
+    logger.info("local stack up in %.2fs; state in %s", time.monotonic() - started, config.state_path)
+    if ready is not None:
+        ready(state)
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        stack.stop()
+    return state
+
+
+def _remove_own_state(path: Path, pid: int) -> None:
+    try:
+        if StackState.read(path).pid == pid:
+            path.unlink()
+    except Exception:  # noqa: S110  (already gone or replaced by another stack: not ours to remove)
+        pass
+
+
+if __name__ == "__main__":
+    from devstack.cli_stack import stack_group
+
+    stack_group(prog_name="python -m devstack.stack")

@@ -1,0 +1,81 @@
+"""Which pipeline the CLI talks to: the local stack (its state file) or a deployed CloudFormation stack."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import boto3
+
+from devstack.state import StackState, StateError, pid_alive
+
+# CloudFormation output -> Target field.
+STACK_OUTPUTS = {
+    "JobsTableName": "table",
+    "JobsQueueUrl": "queue_url",
+    "JobsDlqUrl": "dlq_url",
+    "InputBucketName": "input_bucket",
+    "ImagesBucketName": "images_bucket",
+    "WebhookUrl": "webhook_url",
+}
+REQUIRED_OUTPUTS = ("JobsTableName", "JobsQueueUrl", "InputBucketName", "ImagesBucketName")
+
+
+class TargetError(RuntimeError):
+    """The pipeline to talk to could not be found."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """The pipeline's resource names and the boto3 session (and endpoint) that reaches them."""
+
+    description: str
+    table: str
+    queue_url: str
+    input_bucket: str
+    images_bucket: str
+    session: boto3.Session
+    dlq_url: str | None = None
+    webhook_url: str | None = None
+    endpoint_url: str | None = None
+
+    def client(self, service: str) -> Any:
+        return self.session.client(service, endpoint_url=self.endpoint_url)
+
+    def dynamodb(self) -> Any:
+        return self.session.resource("dynamodb", endpoint_url=self.endpoint_url)
+
+
+def local_target(state_path: Path) -> Target:
+    """The local stack described by `state_path`; its emulator's endpoint wins over the environment's."""
+    state = StackState.read(state_path)
+    if not pid_alive(state.pid):
+        raise StateError(f"the local stack in {state_path} (pid {state.pid}) is not running: `klingctl stack up`")
+    session = boto3.Session(aws_access_key_id="testing", aws_secret_access_key="testing", region_name=state.region)
+    return Target(
+        description=f"local stack (pid {state.pid})",
+        table=state.table,
+        queue_url=state.queue_url,
+        input_bucket=state.input_bucket,
+        images_bucket=state.images_bucket,
+        session=session,
+        dlq_url=state.dlq_url,
+        webhook_url=state.webhook_url,
+        endpoint_url=state.moto_endpoint,
+    )
+
+
+def deployed_target(stack_name: str, region: str | None = None) -> Target:
+    """A deployed stack, from its CloudFormation outputs; credentials and region come from boto3's usual chain."""
+    session = boto3.Session(region_name=region) if region else boto3.Session()
+    try:
+        stacks = session.client("cloudformation").describe_stacks(StackName=stack_name)["Stacks"]
+    except Exception as exc:
+        raise TargetError(f"--stack {stack_name}: cannot describe the stack ({exc})") from exc
+    outputs = {output["OutputKey"]: output["OutputValue"] for output in stacks[0].get("Outputs", [])}
+    missing = [name for name in REQUIRED_OUTPUTS if name not in outputs]
+    if missing:
+        raise TargetError(f"--stack {stack_name}: missing output(s) {', '.join(missing)}")
+    values = {field: outputs[name] for name, field in STACK_OUTPUTS.items() if name in outputs}
+    return Target(description=f"stack {stack_name}", session=session, **values)

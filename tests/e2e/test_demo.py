@@ -1,0 +1,59 @@
+"""`make demo`'s program: both jobs succeed, images and gallery land in the output folder, nothing keeps running."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+pytestmark = pytest.mark.slow
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = (proc / "stat").read_text().rsplit(")", 1)[-1].split()[0]
+        except OSError:
+            continue
+        if text in cmdline and state != "Z":
+            found.append(int(proc.name))
+    return found
+
+
+def test_the_demo_runs_both_jobs_and_leaves_nothing_running(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    started = time.monotonic()
+    demo = subprocess.run(
+        [sys.executable, "-m", "devstack.demo", "--out", str(out)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"COLUMNS": "160", "PATH": "/usr/bin:/bin"},
+        check=False,
+    )
+    elapsed = time.monotonic() - started
+    assert demo.returncode == 0, demo.stdout + demo.stderr
+    assert elapsed < 60, f"the demo took {elapsed:.1f}s"
+    assert "demo summary" in demo.stdout and "succeeded" in demo.stdout
+
+    images = sorted(path for path in out.rglob("*") if path.suffix in (".png", ".jpg") and "inputs" not in path.parts)
+    assert len(images) == 6  # text-to-image n=4, image-to-image n=2
+    for path in images:
+        with Image.open(path) as picture:
+            assert picture.format in ("PNG", "JPEG")
+            picture.verify()
+    gallery = (out / "gallery.html").read_text()
+    assert gallery.count("<img ") == 7  # six results and the uploaded input
+
+    state_file = str(tmp_path / ".devstack" / "demo" / "state.json")
+    assert _processes_mentioning(state_file) == []
+    assert not Path(state_file).exists()
