@@ -1,0 +1,89 @@
+"""Submit: each job on the jobs queue becomes exactly one Kling task (logic: kling_pipeline.submission).
+
+SQS batches of up to 10 records are submitted concurrently (Kling's latency dominates); the response lists
+the records to deliver again (`ReportBatchItemFailures`), after the delay the submission chose.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import os
+from functools import cache, partial
+from typing import Any
+
+from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.batch import AsyncBatchProcessor, EventType, async_process_partial_response
+from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
+from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from kling_pipeline.submission import OutcomeKind, QueuedJob
+from kling_pipeline.submit_service import SubmitService
+
+DEFAULT_METRICS_NAMESPACE = "KlingPipeline"
+
+logger = Logger()
+metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", DEFAULT_METRICS_NAMESPACE))
+
+METRIC_NAMES = {
+    OutcomeKind.SUBMITTED: "JobsSubmitted",
+    OutcomeKind.ADOPTED: "JobsSubmitted",
+    OutcomeKind.REJECTED: "JobsRejected",
+    OutcomeKind.RETRY: "JobsRetried",
+    OutcomeKind.FAILED: "JobsFailed",
+    OutcomeKind.GAVE_UP: "JobsFailed",
+    OutcomeKind.DUPLICATE: "DuplicateDeliveries",
+    OutcomeKind.BUSY: "DuplicateDeliveries",
+}
+
+
+class RedeliverError(Exception):
+    """Marks a record as a batch item failure: SQS delivers it again (or moves it to the DLQ)."""
+
+
+@cache
+def submit_service() -> SubmitService:
+    """Built, and the environment validated, on a container's first invocation (tests: `.cache_clear()`)."""
+    return SubmitService.from_env()
+
+
+def queued_job(record: SQSRecord, lease_seconds: float) -> QueuedJob:
+    source = record.message_attributes["source"]
+    return QueuedJob(
+        message_id=record.message_id,
+        body=record.body,
+        attempt=int(record.attributes.approximate_receive_count),
+        source="s3" if source is not None and source.string_value == "s3" else "sqs",
+        lease_seconds=lease_seconds,
+    )
+
+
+@logger.inject_lambda_context(clear_state=True)
+@metrics.log_metrics
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> PartialItemFailureResponse:
+    service = submit_service()
+    # A record's lease lasts as long as this invocation can: no other delivery takes the job over before.
+    lease_seconds = max(1.0, context.get_remaining_time_in_millis() / 1000)
+
+    async def record_handler(record: SQSRecord) -> str:
+        job = queued_job(record, lease_seconds)
+        # copy_context: the worker thread logs with this record's keys, and its keys stay with this record.
+        work = partial(
+            contextvars.copy_context().run,
+            partial(service.handle, job, queue_arn=record.event_source_arn, receipt_handle=record.receipt_handle),
+        )
+        try:
+            outcome = await asyncio.get_running_loop().run_in_executor(service.executor, work)
+        except Exception:
+            logger.exception("submission failed unexpectedly; the job is delivered again", message_id=job.message_id)
+            metrics.add_metric(name="SubmitErrors", unit=MetricUnit.Count, value=1)
+            raise
+        metrics.add_metric(name=METRIC_NAMES[outcome.kind], unit=MetricUnit.Count, value=1)
+        if outcome.redeliver:
+            raise RedeliverError(f"job {outcome.job_id}: {outcome.kind} (delay {outcome.delay_seconds} s)")
+        return outcome.kind.value
+
+    processor = AsyncBatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
+    return async_process_partial_response(event, record_handler, processor, context)

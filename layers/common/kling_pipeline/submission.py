@@ -1,0 +1,296 @@
+"""Submitting a queued job: validate -> record `pending` -> create the Kling task at most once -> record the answer.
+
+Exactly one Kling task per job under at-least-once delivery and crashes:
+- the job is recorded `pending` with a conditional write before Kling is called; a delivery that finds it
+  submitted or final does nothing;
+- a `pending` job is worked on only by the holder of its lease (see submit_lease), and a holder that did not
+  create the record itself first looks the job up at Kling by its external_task_id (an earlier attempt may
+  have died after Kling accepted the task) and creates it only when Kling has none;
+- Kling refusing a duplicate external_task_id is answered by looking the task up and adopting it.
+
+No Lambda or AWS types here: the records, leases, Kling and image URLs are ports (Protocols below).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, Literal, Protocol
+
+from aws_lambda_powertools import Logger
+from pydantic import TypeAdapter, ValidationError
+
+from kling_pipeline.errors import InvalidJobError, JobError
+from kling_pipeline.job import Job, JobId, S3Location, parse_job
+from kling_pipeline.kling import KlingError, KlingPermanentError, KlingRetryableError, KlingTask
+from kling_pipeline.record import JobRecord
+from kling_pipeline.retry_policy import RetryPolicy
+from kling_pipeline.status import JobStatus
+from kling_pipeline.submit_lease import LEASE_ATTRIBUTES, Lease, now_millis
+
+# Kling's answer to a second create with the same external_task_id (1201, "invalid parameter"): look it up.
+DUPLICATE_EXTERNAL_ID_CODES = frozenset({1201})
+
+logger = Logger(child=True)
+_job_id = TypeAdapter(JobId)
+
+
+class JobRecords(Protocol):
+    """The part of kling_pipeline.store.JobStore submission uses."""
+
+    def get(self, job_id: str) -> JobRecord | None: ...
+
+    def create(self, record: JobRecord) -> bool: ...
+
+    def advance(
+        self, job_id: str, to: JobStatus, *, changes: Mapping[str, Any] | None = None, remove: Iterable[str] = ()
+    ) -> JobRecord | None: ...
+
+
+class SubmitLeases(Protocol):
+    def take(self, job_id: str, lease: Lease) -> bool:
+        """Record `lease` on a pending job whose lease is absent or expired; False if the job is not free."""
+        ...
+
+    def release(self, job_id: str, owner: str) -> None:
+        """Drop `owner`'s lease, if it still holds it."""
+        ...
+
+
+class KlingTasks(Protocol):
+    def create_task(self, body: Mapping[str, Any]) -> KlingTask: ...
+
+    def find_task_by_external_id(self, external_task_id: str) -> KlingTask | None: ...
+
+
+class ImageUrls(Protocol):
+    def url_for(self, location: S3Location) -> str:
+        """A URL Kling can fetch the image from; ImageUnavailableError when it cannot be sent."""
+        ...
+
+
+class ImageUnavailableError(Exception):
+    """The job's image_s3 object cannot be sent to Kling (missing, unreadable, too large)."""
+
+    def __init__(self, error: JobError) -> None:
+        self.error = error
+        super().__init__(error.message)
+
+
+@dataclass(frozen=True)
+class QueuedJob:
+    """One delivery of a job message. `attempt` is the queue's receive count (1 on the first delivery)."""
+
+    message_id: str
+    body: str
+    attempt: int
+    source: Literal["sqs", "s3"]
+    lease_seconds: float
+
+
+class OutcomeKind(StrEnum):
+    SUBMITTED = "submitted"  # Kling accepted a task we created
+    ADOPTED = "adopted"  # Kling already had the task (an earlier attempt made it); now recorded
+    DUPLICATE = "duplicate"  # the job was already submitted or final: nothing done
+    REJECTED = "rejected"  # the message is not a valid job: recorded failed, not retried
+    FAILED = "failed"  # Kling (or the image) said no for good: recorded failed, not retried
+    RETRY = "retry"  # Kling said later: back to the queue after `delay_seconds`
+    GAVE_UP = "gave_up"  # Kling said later on the last allowed attempt: recorded failed, still redelivered
+    BUSY = "busy"  # another delivery holds the job's lease: back to the queue after `delay_seconds`
+
+
+REDELIVERED = frozenset({OutcomeKind.RETRY, OutcomeKind.GAVE_UP, OutcomeKind.BUSY})
+
+
+@dataclass(frozen=True)
+class Outcome:
+    kind: OutcomeKind
+    job_id: str
+    kling_task_id: str | None = None
+    error: Mapping[str, Any] | None = None
+    delay_seconds: int | None = None
+
+    @property
+    def redeliver(self) -> bool:
+        """Report the message as a batch item failure (it goes back to the queue, or on to the DLQ)."""
+        return self.kind in REDELIVERED
+
+
+class Submission:
+    """Turns queued jobs into Kling tasks; safe to run concurrently for the same job from many workers."""
+
+    def __init__(
+        self,
+        records: JobRecords,
+        leases: SubmitLeases,
+        kling: KlingTasks,
+        images: ImageUrls,
+        callback_url: Callable[[str], str],
+        policy: RetryPolicy,
+        *,
+        log_context: Callable[..., None] = lambda **_: None,
+        clock: Callable[[], int] = now_millis,
+    ) -> None:
+        """`callback_url(job_id)` gives the job's tokenised callback URL; `log_context(**keys)` tags later logs."""
+        self._records = records
+        self._leases = leases
+        self._kling = kling
+        self._images = images
+        self._callback_url = callback_url
+        self._policy = policy
+        self._log_context = log_context
+        self._clock = clock
+
+    def submit(self, queued: QueuedJob) -> Outcome:
+        try:
+            job = parse_job(queued.body, default_job_id=queued.message_id)
+        except InvalidJobError as problem:
+            return self._reject(queued, problem)
+        self._log_context(job_id=job.job_id)
+        lease = Lease.new(queued.lease_seconds, clock=self._clock)
+        pending = JobRecord(
+            job_id=job.job_id,
+            status=JobStatus.PENDING,
+            source=queued.source,
+            request=job.redacted_request(),
+            metadata=job.metadata,
+            **lease.attributes(),
+        )
+        if self._records.create(pending):
+            return self._submit_leased(job, queued, lease, may_exist_at_kling=False)
+        return self._resume(job, queued, lease)
+
+    def _resume(self, job: Job, queued: QueuedJob, lease: Lease) -> Outcome:
+        """The job was recorded by an earlier delivery: finished, being worked on, or abandoned mid-way."""
+        existing = self._records.get(job.job_id)
+        if existing is not None and existing.status is not JobStatus.PENDING:
+            logger.info("job already %s: duplicate delivery ignored", existing.status.value)
+            return Outcome(OutcomeKind.DUPLICATE, job.job_id, kling_task_id=existing.kling_task_id)
+        if existing is not None and self._leases.take(job.job_id, lease):
+            return self._submit_leased(job, queued, lease, may_exist_at_kling=True)
+        # Not free: re-read, since the holder may have finished in the meantime.
+        current = self._records.get(job.job_id)
+        if current is not None and current.status is not JobStatus.PENDING:
+            return Outcome(OutcomeKind.DUPLICATE, job.job_id, kling_task_id=current.kling_task_id)
+        held = Lease.of(current) if current is not None else None
+        lease_left = held.seconds_left(clock=self._clock) if held else 0.0
+        delay = self._policy.busy_delay(queued.attempt, lease_left=lease_left)
+        logger.info("job is being submitted by another delivery; retrying", retry_in_seconds=delay)
+        return Outcome(OutcomeKind.BUSY, job.job_id, delay_seconds=delay)
+
+    def _submit_leased(self, job: Job, queued: QueuedJob, lease: Lease, *, may_exist_at_kling: bool) -> Outcome:
+        try:
+            return self._attempt(job, queued, lease, may_exist_at_kling=may_exist_at_kling)
+        except BaseException:
+            # An unexpected error (the store, a bug): free the job for the redelivery, then let it surface.
+            self._release_quietly(job.job_id, lease)
+            raise
+
+    def _attempt(self, job: Job, queued: QueuedJob, lease: Lease, *, may_exist_at_kling: bool) -> Outcome:
+        try:
+            task = self._kling.find_task_by_external_id(job.job_id) if may_exist_at_kling else None
+            if task is not None:
+                return self._record_task(job.job_id, task, OutcomeKind.ADOPTED)
+            return self._record_task(job.job_id, *self._create(job))
+        except ImageUnavailableError as unavailable:
+            logger.warning("job's image cannot be sent: %s", unavailable)
+            return self._fail(job.job_id, unavailable.error.as_dict(), OutcomeKind.FAILED)
+        except KlingPermanentError as refusal:
+            logger.warning("Kling refused the job for good: %s", refusal)
+            return self._fail(job.job_id, kling_job_error(refusal), OutcomeKind.FAILED)
+        except KlingRetryableError as later:
+            return self._later(job.job_id, queued, lease, later)
+
+    def _create(self, job: Job) -> tuple[KlingTask, OutcomeKind]:
+        image = self._images.url_for(job.image_s3) if job.image_s3 is not None else None
+        body = job.kling_body(callback_url=self._callback_url(job.job_id), image=image)
+        try:
+            return self._kling.create_task(body), OutcomeKind.SUBMITTED
+        except KlingPermanentError as refusal:
+            if refusal.code not in DUPLICATE_EXTERNAL_ID_CODES:
+                raise
+            existing = self._kling.find_task_by_external_id(job.job_id)
+            if existing is None:
+                raise
+            logger.info("Kling already has a task for this job: adopting it")
+            return existing, OutcomeKind.ADOPTED
+
+    def _record_task(self, job_id: str, task: KlingTask, kind: OutcomeKind) -> Outcome:
+        self._log_context(kling_task_id=task.task_id)
+        changes = {"kling_task_id": task.task_id, "kling_status": task.task_status}
+        if self._records.advance(job_id, JobStatus.SUBMITTED, changes=changes, remove=LEASE_ATTRIBUTES) is None:
+            logger.info("job %s as Kling task %s, but a callback had already moved it past pending", kind, task.task_id)
+        else:
+            logger.info("job %s as Kling task %s", kind, task.task_id)
+        return Outcome(kind, job_id, kling_task_id=task.task_id)
+
+    def _later(self, job_id: str, queued: QueuedJob, lease: Lease, later: KlingRetryableError) -> Outcome:
+        if self._policy.is_last_attempt(queued.attempt):
+            if later.code is None:
+                # No answer at all: the task may exist. Giving up on a task Kling is running would lose it.
+                task = self._find_quietly(job_id)
+                if task is not None:
+                    return self._record_task(job_id, task, OutcomeKind.ADOPTED)
+            error = kling_job_error(later)
+            error["message"] = f"{error['message']} (gave up after {queued.attempt} attempts)"
+            logger.warning("Kling still says later on the last allowed attempt: %s", later)
+            return self._fail(job_id, error, OutcomeKind.GAVE_UP)
+        self._leases.release(job_id, lease.owner)
+        delay = self._policy.delay(queued.attempt, at_least=later.retry_after)
+        logger.info("Kling says later; retrying", reason=str(later), attempt=queued.attempt, retry_in_seconds=delay)
+        return Outcome(OutcomeKind.RETRY, job_id, error=kling_job_error(later), delay_seconds=delay)
+
+    def _find_quietly(self, job_id: str) -> KlingTask | None:
+        try:
+            return self._kling.find_task_by_external_id(job_id)
+        except KlingError as error:
+            logger.warning("could not look the job up at Kling: %s", error)
+            return None
+
+    def _fail(self, job_id: str, error: dict[str, Any], kind: OutcomeKind) -> Outcome:
+        changes = {"error": error}
+        if self._records.advance(job_id, JobStatus.FAILED, changes=changes, remove=LEASE_ATTRIBUTES) is None:
+            logger.warning("job could not be marked failed: it is no longer open")
+        return Outcome(kind, job_id, error=error)
+
+    def _reject(self, queued: QueuedJob, problem: InvalidJobError) -> Outcome:
+        job_id = readable_job_id(queued.body) or queued.message_id
+        self._log_context(job_id=job_id)
+        error = problem.to_job_error().as_dict()
+        failed = JobRecord(job_id=job_id, status=JobStatus.FAILED, source=queued.source, error=error)
+        if self._records.create(failed):
+            logger.warning("invalid job rejected: %s", problem)
+        else:
+            # Same job_id as a job already recorded (a redelivery of this message, or another job): leave it.
+            logger.warning("invalid job rejected; the job record of the same job_id was left as it is: %s", problem)
+        return Outcome(OutcomeKind.REJECTED, job_id, error=error)
+
+    def _release_quietly(self, job_id: str, lease: Lease) -> None:
+        try:
+            self._leases.release(job_id, lease.owner)
+        except Exception:
+            logger.exception("could not release the submit lease; it expires on its own")
+
+
+def kling_job_error(error: KlingError) -> dict[str, Any]:
+    """The record's `error` for a Kling failure: Kling's code and message, or what went wrong on the way."""
+    if error.code is not None:
+        return {"code": error.code, "message": error.message}
+    code = "kling_unavailable" if isinstance(error, KlingRetryableError) else "kling_error"
+    return {"code": code, "message": str(error)}
+
+
+def readable_job_id(body: str) -> str | None:
+    """The job_id of a message that is not a valid job, when it names a usable one."""
+    try:
+        value = json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(value, dict):
+        return None
+    try:
+        return _job_id.validate_python(value.get("job_id"), strict=True)
+    except ValidationError:
+        return None
