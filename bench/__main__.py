@@ -7,7 +7,7 @@ import sys
 
 from bench import Table
 
-BENCHMARKS = ["webhook_copy_memory"]
+BENCHMARKS = ["webhook_copy_memory", "reconcile_open_jobs"]
 
 
 def main(argv: list[str]) -> int:

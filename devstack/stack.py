@@ -215,6 +215,9 @@ class LocalStack:
             # Retry delays for Kling's "try later" answers, shortened from AWS's 10 s..15 min for a dev loop.
             "SUBMIT_RETRY_BASE_SECONDS": "1",
             "SUBMIT_RETRY_MAX_DELAY_SECONDS": "10",
+            # The reconciler's quiet periods, shortened from AWS's 5 / 10 min to match the simulator's delays.
+            "RECONCILE_PENDING_GRACE_SECONDS": "10",
+            "RECONCILE_STALE_SECONDS": "5",
         }
 
 

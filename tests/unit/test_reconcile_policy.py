@@ -1,0 +1,208 @@
+"""The reconciler's pure rules: thresholds from the environment, what is due, expired URLs, reasons."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from kling_pipeline.errors import JobError
+from kling_pipeline.reconcile_policy import (
+    ReconcileOptions,
+    Step,
+    duration,
+    expired_result_url,
+    iso_timestamp,
+    next_step,
+    open_jobs_cutoff,
+    quiet_for,
+    timed_out_error,
+)
+from kling_pipeline.record import JobRecord
+from kling_pipeline.settings import ConfigurationError
+from kling_pipeline.status import JobStatus
+
+NOW = datetime(2026, 11, 28, 12, 0, 0, tzinfo=UTC)
+OPTIONS = ReconcileOptions()  # 300 s grace, 600 s stale, 24 h max age
+URL = "http://127.0.0.1:8080/_sim/images/task-1/0.png"
+
+
+def job(status: JobStatus, *, quiet: float = 0.0, age: float = 0.0, **fields: object) -> JobRecord:
+    return JobRecord(
+        job_id="job-1",
+        status=status,
+        created_at=iso_timestamp(NOW - timedelta(seconds=age)),
+        updated_at=iso_timestamp(NOW - timedelta(seconds=quiet)),
+        **fields,
+    )
+
+
+# -- options ----------------------------------------------------------------------------------------------
+
+
+def test_defaults_are_the_documented_ones() -> None:
+    options = ReconcileOptions.from_env({})
+    assert (
+        options.reconcile_pending_grace_seconds,
+        options.reconcile_stale_seconds,
+        options.reconcile_max_job_age_seconds,
+        options.reconcile_max_jobs_per_run,
+        options.reconcile_max_copy_attempts,
+        options.reconcile_max_dead_letters_per_run,
+        options.reconcile_concurrency,
+        options.reconcile_safety_margin_seconds,
+    ) == (300, 600, 86400, 200, 3, 50, 4, 30.0)
+
+
+def test_values_come_from_upper_case_variables_and_empty_means_default() -> None:
+    options = ReconcileOptions.from_env(
+        {"RECONCILE_PENDING_GRACE_SECONDS": "0", "RECONCILE_STALE_SECONDS": "0", "RECONCILE_MAX_JOBS_PER_RUN": " "}
+    )
+    assert (options.pending_grace, options.stale, options.reconcile_max_jobs_per_run) == (
+        timedelta(0),
+        timedelta(0),
+        200,
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "accepted", "refused", "rule"),
+    [
+        ("RECONCILE_PENDING_GRACE_SECONDS", "0", "-1", "greater than or equal to 0"),
+        ("RECONCILE_MAX_JOB_AGE_SECONDS", "60", "59", "greater than or equal to 60"),
+        ("RECONCILE_MAX_JOBS_PER_RUN", "1", "0", "greater than or equal to 1"),
+        ("RECONCILE_MAX_JOBS_PER_RUN", "10000", "10001", "less than or equal to 10000"),
+        ("RECONCILE_MAX_COPY_ATTEMPTS", "1", "0", "greater than or equal to 1"),
+        ("RECONCILE_CONCURRENCY", "32", "33", "less than or equal to 32"),
+    ],
+)
+def test_limits_accept_the_boundary_and_refuse_one_past_it(name: str, accepted: str, refused: str, rule: str) -> None:
+    ReconcileOptions.from_env({name: accepted})
+    with pytest.raises(ConfigurationError, match=rf"{name}: Input should be {rule} \(got '{refused}'\)"):
+        ReconcileOptions.from_env({name: refused})
+
+
+def test_every_bad_variable_is_named_at_once() -> None:
+    with pytest.raises(ConfigurationError) as raised:
+        ReconcileOptions.from_env({"RECONCILE_STALE_SECONDS": "soon", "RECONCILE_CONCURRENCY": "0"})
+    assert "RECONCILE_STALE_SECONDS: Input should be a valid integer" in str(raised.value)
+    assert "RECONCILE_CONCURRENCY: Input should be greater than or equal to 1" in str(raised.value)
+
+
+# -- what is due ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "quiet", "step"),
+    [
+        (JobStatus.PENDING, 299.999, Step.WAIT),
+        (JobStatus.PENDING, 300, Step.LOOK_UP),
+        (JobStatus.SUBMITTED, 599.999, Step.WAIT),
+        (JobStatus.SUBMITTED, 600, Step.QUERY),
+        (JobStatus.PROCESSING, 599.999, Step.WAIT),
+        (JobStatus.PROCESSING, 600, Step.QUERY),
+        (JobStatus.COPYING, 599.999, Step.WAIT),
+        (JobStatus.COPYING, 600, Step.RETRY_COPY),
+        (JobStatus.SUCCEEDED, 10**6, Step.WAIT),
+        (JobStatus.FAILED, 10**6, Step.WAIT),
+    ],
+)
+def test_a_job_is_due_once_quiet_for_its_status_threshold(status: JobStatus, quiet: float, step: Step) -> None:
+    assert next_step(job(status, quiet=quiet), NOW, OPTIONS) is step
+
+
+def test_a_job_past_the_maximum_age_is_due_however_recently_it_changed() -> None:
+    assert next_step(job(JobStatus.PROCESSING, age=86400), NOW, OPTIONS) is Step.QUERY
+    assert next_step(job(JobStatus.PROCESSING, age=86399.999), NOW, OPTIONS) is Step.WAIT
+
+
+def test_a_pending_job_whose_submitter_holds_the_lease_waits_even_when_old() -> None:
+    stuck = job(JobStatus.PENDING, quiet=10**5, age=10**6)
+    assert next_step(stuck, NOW, OPTIONS, lease_seconds_left=0.5) is Step.WAIT
+    assert next_step(stuck, NOW, OPTIONS, lease_seconds_left=0.0) is Step.LOOK_UP
+
+
+def test_an_unreadable_update_time_makes_the_job_due_rather_than_stuck() -> None:
+    record = job(JobStatus.PROCESSING).model_copy(update={"updated_at": "yesterday"})
+    assert quiet_for(record, NOW) == timedelta.max
+    assert next_step(record, NOW, OPTIONS) is Step.QUERY
+
+
+@given(
+    quiet_ms=st.integers(min_value=0, max_value=10**9),
+    threshold=st.integers(min_value=0, max_value=7 * 86400),
+)
+def test_the_index_cutoff_selects_exactly_the_jobs_quiet_for_the_threshold(quiet_ms: int, threshold: int) -> None:
+    """`updated_at < cutoff` (what DynamoDB is asked) agrees with quiet_for >= threshold (what the job step uses)."""
+    options = ReconcileOptions(reconcile_pending_grace_seconds=threshold, reconcile_stale_seconds=threshold)
+    record = job(JobStatus.SUBMITTED, quiet=quiet_ms / 1000)
+    assert (record.updated_at < open_jobs_cutoff(NOW, options)) == (quiet_for(record, NOW) >= options.stale)
+
+
+def test_the_cutoff_uses_the_smaller_threshold() -> None:
+    options = ReconcileOptions(reconcile_pending_grace_seconds=60, reconcile_stale_seconds=600)
+    assert open_jobs_cutoff(NOW, options) == "2026-11-28T11:59:00.001Z"
+
+
+# -- expired result URLs ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("status", [403, 404, 410])
+def test_a_gone_url_is_recognised_in_the_copy_error(status: int) -> None:
+    expired = expired_result_url(JobError("http_error", f"image 0: GET {URL}: HTTP {status}"))
+    assert expired is not None
+    assert (expired.label, expired.url, expired.status) == ("image 0", URL, status)
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        f"image 0: GET {URL}: HTTP 500",
+        f"image 0: GET {URL}: HTTP 429",
+        f"image 0: GET {URL}: connection refused",
+        "image 0: not finished in time (100 bytes read)",
+        f"image 0: GET {URL}: HTTP 4040",
+    ],
+)
+def test_other_failures_are_not_taken_for_expiry(message: str) -> None:
+    assert expired_result_url({"code": "http_error", "message": message}) is None
+
+
+def test_the_first_gone_image_of_several_failures_is_named() -> None:
+    message = f"image 0: GET {URL}: HTTP 503; image 1 (watermark): GET {URL}: HTTP 404"
+    expired = expired_result_url({"code": "http_error", "message": message})
+    assert expired is not None
+    assert expired.label == "image 1 (watermark)"
+    error = expired.error(attempts=3)
+    assert error.code == "result_url_expired"
+    assert error.message.startswith(
+        f"image 1 (watermark) download failed: HTTP 404 from {URL}: result URL expired or removed"
+    )
+    assert "3 copy attempts" in error.message
+
+
+def test_no_copy_error_is_no_expiry() -> None:
+    assert expired_result_url(None) is None
+
+
+# -- reasons ----------------------------------------------------------------------------------------------
+
+
+def test_the_timed_out_reason_says_where_the_job_was_stuck_and_why() -> None:
+    record = job(JobStatus.PROCESSING, age=2 * 86400, kling_task_id="t-1", kling_status="processing")
+    error = timed_out_error(record, NOW, OPTIONS, "Kling reports 'processing'")
+    assert error.code == "timed_out"
+    assert error.message == (
+        "timed out: still processing 2 d after it was created (RECONCILE_MAX_JOB_AGE_SECONDS allows 24 h); "
+        "Kling task t-1, last Kling status processing; Kling reports 'processing'"
+    )
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [(0, "0 s"), (119, "119 s"), (120, "2 min"), (7199, "119 min"), (7200, "2 h"), (172799, "47 h"), (172800, "2 d")],
+)
+def test_durations_read_coarsely(seconds: int, text: str) -> None:
+    assert duration(timedelta(seconds=seconds)) == text
