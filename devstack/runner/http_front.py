@@ -7,7 +7,7 @@ import logging
 import threading
 from collections.abc import Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Self
 
 from devstack.http_api_events import HttpResponse, event_for_request, http_response
 from devstack.runner.functions import LambdaFunction
@@ -38,7 +38,7 @@ class HttpApiFront:
         host, port = self._server.server_address[:2]
         return f"http://{host!s}:{port}"
 
-    def start(self) -> HttpApiFront:
+    def start(self) -> Self:
         self._thread.start()
         return self
 

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import logging
-import threading
 import uuid
 from datetime import UTC, datetime
 from typing import Any
 
+from devstack.runner.background import BackgroundLoop
 from devstack.runner.functions import LambdaFunction
 
 logger = logging.getLogger("devstack.schedule")
@@ -30,32 +30,18 @@ def scheduled_event(rule_name: str, region: str) -> dict[str, Any]:
     }
 
 
-class Schedule:
+class Schedule(BackgroundLoop):
     """Invokes `function` every `interval` seconds (the first run one interval after start)."""
 
     def __init__(self, function: LambdaFunction, interval: float, *, rule_name: str, region: str) -> None:
         if interval <= 0:
             raise ValueError(f"interval: must be greater than 0 (got {interval})")
+        super().__init__(f"schedule-{function.name}")
         self.function = function
         self.interval = interval
         self._rule_name = rule_name
         self._region = region
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"schedule-{function.name}", daemon=True)
         self.runs = 0
-
-    def start(self) -> Schedule:
-        self._thread.start()
-        return self
-
-    def request_stop(self) -> None:
-        """Ask the thread to end without waiting (stop several at once, then join each)."""
-        self._stop.set()
-
-    def stop(self, timeout: float = 10.0) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout)
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):

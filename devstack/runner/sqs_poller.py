@@ -8,11 +8,11 @@ visibility timeout and moves them to the DLQ after `maxReceiveCount` receives, e
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from devstack.runner.background import BackgroundLoop
 from devstack.runner.functions import LambdaFunction
 from devstack.sqs_events import lambda_record, sqs_event
 
@@ -67,7 +67,7 @@ def lambda_dispatch(function: LambdaFunction, queue_arn: str) -> Dispatch:
     return dispatch
 
 
-class QueuePoller:
+class QueuePoller(BackgroundLoop):
     """One polling thread on one queue; `stop()` ends it within about `wait_seconds`."""
 
     def __init__(
@@ -83,6 +83,7 @@ class QueuePoller:
     ) -> None:
         if not 1 <= batch_size <= 10_000:
             raise ValueError(f"batch_size: must be between 1 and 10000 (got {batch_size})")
+        super().__init__(f"poller-{name}")
         self.name = name
         self._sqs = sqs
         self._queue_url = queue_url
@@ -90,26 +91,7 @@ class QueuePoller:
         self._batch_size = batch_size
         self._window = batching_window
         self._wait_seconds = wait_seconds
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"poller-{name}", daemon=True)
         self.batches = 0
-
-    def start(self) -> QueuePoller:
-        self._thread.start()
-        return self
-
-    def request_stop(self) -> None:
-        """Ask the thread to end without waiting (stop several at once, then join each)."""
-        self._stop.set()
-
-    def stop(self, timeout: float = 10.0) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout)
-
-    @property
-    def alive(self) -> bool:
-        return self._thread.is_alive()
 
     def poll_once(self) -> int:
         """Collect one batch, dispatch it and delete what succeeded; returns the batch size (0: nothing)."""

@@ -310,18 +310,23 @@ def test_the_same_message_delivered_three_times_in_sequence_makes_one_task(submi
     assert submit.record("seq").status is JobStatus.SUBMITTED
 
 
-def test_the_same_message_delivered_three_times_concurrently_makes_one_task(submit: SubmitHarness) -> None:
-    submit.kling.set_faults(latency_ms=300)  # the winner is still talking to Kling when the others arrive
-    submit.send({"job_id": "conc", "prompt": PROMPT})
-    records = submit.receive()
-    start = threading.Barrier(3)
+def deliver_at_once(submit: SubmitHarness, records: list[dict[str, Any]], *, times: int) -> list[set[str]]:
+    """The same received records handed to `times` invocations released together; their failed message ids."""
+    start = threading.Barrier(times)
 
     def deliver() -> set[str]:
         start.wait()
         return submit.invoke(records)
 
-    with ThreadPoolExecutor(3) as pool:
-        results = list(pool.map(lambda _: deliver(), range(3)))
+    with ThreadPoolExecutor(times) as pool:
+        return list(pool.map(lambda _: deliver(), range(times)))
+
+
+def test_the_same_message_delivered_three_times_concurrently_makes_one_task(submit: SubmitHarness) -> None:
+    submit.kling.set_faults(latency_ms=300)  # the winner is still talking to Kling when the others arrive
+    submit.send({"job_id": "conc", "prompt": PROMPT})
+    records = submit.receive()
+    results = deliver_at_once(submit, records, times=3)
 
     assert submit.kling.creates_for("conc") == 1
     assert results.count(set()) >= 1  # the winner
@@ -340,15 +345,7 @@ def test_concurrent_redeliveries_of_an_abandoned_pending_job_make_one_create(sub
     submit.store.create(JobRecord(job_id="abandoned", status=JobStatus.PENDING, **expired))
     submit.kling.set_faults(latency_ms=300)
     submit.send({"job_id": "abandoned", "prompt": PROMPT})
-    records = submit.receive()
-    start = threading.Barrier(3)
-
-    def deliver() -> set[str]:
-        start.wait()
-        return submit.invoke(records)
-
-    with ThreadPoolExecutor(3) as pool:
-        results = list(pool.map(lambda _: deliver(), range(3)))
+    results = deliver_at_once(submit, submit.receive(), times=3)
 
     assert submit.kling.creates_for("abandoned") == 1
     assert results.count(set()) == 1

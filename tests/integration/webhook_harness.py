@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -13,9 +13,11 @@ from typing import Any
 
 import boto3
 
-from devstack.http_api_events import WEBHOOK_ROUTE, event_for_request, http_response, kling_callback_event
+from devstack.http_api_events import WEBHOOK_ROUTE, HttpResponse, http_response, kling_callback_event
 from devstack.kling_simulator import KlingSimulator
 from devstack.lambda_context import LambdaContext
+from devstack.runner.functions import FunctionSpec, LambdaFunction
+from devstack.runner.http_front import HttpApiFront
 from functions.webhook import app as webhook_app
 from kling_pipeline.kling import BearerKeyAuth, KlingClient, KlingTask
 from kling_pipeline.record import JobRecord
@@ -38,54 +40,20 @@ def _invoke_raw(event: dict[str, Any]) -> tuple[int, bytes]:
     return response.status, response.body
 
 
-class CallbackFront:
-    """A tiny API Gateway: real HTTP POSTs to /callbacks/kling/... become payload-2.0 events for the handler."""
+class CallbackFront(HttpApiFront):
+    """The local stack's API Gateway in front of the webhook handler alone, remembering every status it answered."""
 
     def __init__(self) -> None:
+        super().__init__()
+        self.routes[WEBHOOK_ROUTE] = LambdaFunction(FunctionSpec(name="webhook", module=webhook_app.__name__))
         self.statuses: list[int] = []
-        lock = threading.Lock()  # one execution environment: invocations run one at a time
-        front = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                event = event_for_request(
-                    [WEBHOOK_ROUTE], "POST", self.path, headers=list(self.headers.items()), body=body
-                )
-                if event is None:
-                    status, payload = 404, b'{"message":"Not Found"}'
-                else:
-                    with lock:
-                        answer = http_response(
-                            webhook_app.lambda_handler(event, LambdaContext(function_name="webhook"))
-                        )
-                    status, payload = answer.status, answer.body
-                front.statuses.append(status)
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-            def log_message(self, format: str, *args: Any) -> None:  # quiet
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
-
-    def start(self) -> CallbackFront:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(5)
+    def respond(
+        self, method: str, target: str, headers: Sequence[tuple[str, str]], body: bytes, source_ip: str
+    ) -> HttpResponse:
+        response = super().respond(method, target, headers, body, source_ip)
+        self.statuses.append(response.status)
+        return response
 
 
 @dataclass

@@ -191,6 +191,17 @@ def test_submit_reads_the_jobs_queue_with_partial_batch_failures(template: dict[
     assert (parameter["MinValue"], parameter["MaxValue"]) == (2, 1000)
 
 
+def test_submit_may_delay_a_retry_through_the_message_visibility(template: dict[str, Any]) -> None:
+    # The SQS event source's managed policy grants receive/delete only; without this the retry delays of
+    # throttled jobs would silently fall back to the queue's own visibility timeout.
+    grants = [
+        statement
+        for statement in inline_statements(template, "SubmitFunction")
+        if "sqs:ChangeMessageVisibility" in as_list(statement["Action"])
+    ]
+    assert [statement["Resource"] for statement in grants] == [{"Fn::GetAtt": ["JobsQueue", "Arn"]}]
+
+
 def test_jobs_queue_redrives_to_the_dlq_after_a_parameterised_count(template: dict[str, Any]) -> None:
     redrive = resource(template, "JobsQueue")["RedrivePolicy"]
     assert redrive == {
