@@ -50,9 +50,9 @@ class Wiring:
 @functools.cache
 def wiring() -> Wiring:
     """Built, and the environment validated, on a container's first invocation (tests: `.cache_clear()`)."""
-    settings = Settings.from_env(require=("jobs_table", "jobs_dlq_url", "images_bucket", "kling_api_base_url"))
+    settings = Settings.from_env(require=("jobs_table", "images_bucket", "kling_api_base_url"))
     options = ReconcileOptions.from_env()
-    table, bucket, dlq_url = str(settings.jobs_table), str(settings.images_bucket), str(settings.jobs_dlq_url)
+    table, bucket = str(settings.jobs_table), str(settings.images_bucket)
     publisher = JobEventPublisher(settings.event_bus_name, bucket)  # every job this function finishes announces itself
     kling = kling_client(settings)
     http = GuardedHttp(UrlGuard(settings.image_host_allowlist))
@@ -70,7 +70,7 @@ def wiring() -> Wiring:
 
     main = store()
     dead_letters = DeadLetterSweeper(
-        SqsDeadLetterQueue(boto3.client("sqs"), dlq_url),
+        SqsDeadLetterQueue(boto3.client("sqs"), settings.jobs_dlq_url, jobs_queue_url=settings.jobs_queue_url),
         main,
         kling,
         JobProgress(main, kling, copier),

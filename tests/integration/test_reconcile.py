@@ -338,6 +338,33 @@ def test_a_dead_lettered_job_that_kling_already_has_is_adopted_not_failed(world:
     assert [event["detail-type"] for event in world.events()] == ["Job Succeeded"]
 
 
+def test_with_only_the_contracts_variables_the_dlq_is_found_through_the_jobs_queue(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("JOBS_DLQ_URL")  # JOBS_QUEUE_URL's redrive policy names the DLQ
+    boto3.client("sqs").send_message(QueueUrl=world.aws.dlq_url, MessageBody=json.dumps(_job("found-anyway")))
+
+    assert world.reconcile()["dead_letters"] == {"recorded": 1}
+
+    record = world.record("found-anyway")
+    assert record.status is JobStatus.FAILED
+    assert record.error is not None and record.error.code == "dead_lettered"
+    assert drain(world.aws.dlq_url) == []
+
+
+def test_a_jobs_queue_without_a_dlq_leaves_nothing_to_sweep(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("JOBS_DLQ_URL")
+    plain = boto3.client("sqs").create_queue(QueueName="reconcile-tests-no-redrive")["QueueUrl"]
+    monkeypatch.setenv("JOBS_QUEUE_URL", plain)
+    world.store.create(_record("still-reconciled", JobStatus.PENDING))
+    world.create_task("still-reconciled")
+
+    report = world.reconcile()
+
+    assert report["dead_letters"] == {}
+    assert world.record("still-reconciled").status is not JobStatus.PENDING
+
+
 def test_a_dead_letter_of_a_job_already_failed_changes_nothing(world: World) -> None:
     # What submit does when Kling says "later" on the last delivery: fail the job, let SQS dead-letter it.
     error = {"code": 1303, "message": "concurrency over the limit (gave up after 3 attempts)"}

@@ -13,6 +13,7 @@ from botocore.exceptions import ClientError
 from kling_pipeline.errors import JobError
 from kling_pipeline.images import ImageRuleError, check_image_size
 from kling_pipeline.job import S3Location
+from kling_pipeline.job_queue import queue_url_from_arn
 from kling_pipeline.status import JobStatus
 from kling_pipeline.submission import ImageUnavailableError
 from kling_pipeline.submit_lease import LEASE_OWNER_ATTRIBUTE, LEASE_UNTIL_ATTRIBUTE, Lease, now_millis
@@ -115,11 +116,3 @@ class SqsVisibility:
             logger.warning("could not delay the message's next delivery: %s", exc)
             return False
         return True
-
-
-def queue_url_from_arn(queue_arn: str) -> str:
-    """`arn:<partition>:sqs:<region>:<account>:<name>` -> the queue's URL, without calling sqs:GetQueueUrl
-    (the event source role does not grant it). The SQS API accepts this URL form at any endpoint."""
-    _, partition, _, region, account, name = queue_arn.split(":", 5)
-    suffix = "amazonaws.com.cn" if partition == "aws-cn" else "amazonaws.com"
-    return f"https://sqs.{region}.{suffix}/{account}/{name}"
