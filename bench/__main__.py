@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib
+import logging
+import os
 import sys
 
 from bench import Table
@@ -16,6 +18,7 @@ def main(argv: list[str]) -> int:
     if unknown:
         print(f"unknown benchmark(s): {', '.join(unknown)} (known: {', '.join(BENCHMARKS)})", file=sys.stderr)
         return 2
+    quiet_logs()
     failed = False
     for name in selected:
         module = importlib.import_module(f"bench.{name}")
@@ -23,6 +26,14 @@ def main(argv: list[str]) -> int:
         print(table.render(), end="\n\n", flush=True)
         failed = failed or any("FAIL" in note for note in table.notes)
     return 1 if failed else 0
+
+
+def quiet_logs() -> None:
+    """Only the tables: handlers' INFO logs and metrics, and moto's request log, would bury them.
+    Set before the handlers are imported, since Powertools reads its level then."""
+    os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "WARNING")
+    os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
 
 
 if __name__ == "__main__":
