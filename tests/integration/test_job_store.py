@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 
+import boto3
 import pytest
 
 from devstack.aws_resources import AwsResources
@@ -105,6 +106,24 @@ def test_open_jobs_lists_only_non_final_jobs(store: JobStore) -> None:
     open_ids = {record.job_id for record in store.open_jobs()}
     assert open_ids == {"job-2", "job-3", "job-4", "job-5"}
     assert len(list(store.open_jobs(limit=3))) == 3
+    assert list(store.open_jobs(updated_before="2000-01-01T00:00:00.000Z")) == []
+
+
+def test_a_table_made_from_the_contract_alone_is_scanned_for_open_jobs(aws: AwsResources) -> None:
+    # Only the contract's key, no open-jobs index: the reconciler must still find open jobs.
+    boto3.client("dynamodb").create_table(
+        TableName="contract-only-jobs",
+        KeySchema=[{"AttributeName": "job_id", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "job_id", "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    store = JobStore("contract-only-jobs")
+    for i in range(4):
+        store.create(pending(f"job-{i}"))
+    store.advance("job-0", JobStatus.SUCCEEDED)
+
+    assert {record.job_id for record in store.open_jobs()} == {"job-1", "job-2", "job-3"}
+    assert len(list(store.open_jobs(limit=2))) == 2
     assert list(store.open_jobs(updated_before="2000-01-01T00:00:00.000Z")) == []
 
 

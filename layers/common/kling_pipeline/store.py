@@ -5,15 +5,18 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 from decimal import Decimal
 from typing import Any
 
 import boto3
+from aws_lambda_powertools import Logger
 from botocore.exceptions import ClientError
 
 from kling_pipeline.record import JobRecord, utc_now_iso
 from kling_pipeline.status import JobStatus
+
+logger = Logger(child=True)
 
 OPEN_JOBS_INDEX = "open-jobs"
 OPEN_SHARD_ATTRIBUTE = "open_shard"
@@ -136,32 +139,52 @@ class JobStore:
         )
 
     def open_jobs(self, *, updated_before: str | None = None, limit: int = 100) -> Iterator[JobRecord]:
-        """Non-final jobs from the sparse index, oldest update first within each shard (never a scan)."""
+        """Non-final jobs from the sparse index, oldest update first within each shard (never a scan while the
+        index exists; a table created without it, by hand from the contract alone, is scanned with a warning)."""
+        names = {"#shard": OPEN_SHARD_ATTRIBUTE}
+        values: dict[str, Any] = {}
+        if updated_before is not None:
+            names["#updated"] = "updated_at"
+            values[":before"] = updated_before
+        try:
+            for shard in range(self._open_shards):
+                key_condition = "#shard = :shard" + (" AND #updated < :before" if updated_before else "")
+                query = {
+                    "IndexName": OPEN_JOBS_INDEX,
+                    "KeyConditionExpression": key_condition,
+                    "ExpressionAttributeNames": names,
+                    "ExpressionAttributeValues": {**values, ":shard": f"open#{shard}"},
+                }
+                limit -= yield from self._pages(self._table.query, query, limit)
+                if limit <= 0:
+                    return
+        except ClientError as exc:
+            if not _is_missing_index(exc):
+                raise
+            logger.warning(
+                "the jobs table has no %r index: open jobs are found by a table scan (create the index as "
+                "template.yaml does)",
+                OPEN_JOBS_INDEX,
+            )
+            condition = "attribute_exists(#shard)" + (" AND #updated < :before" if updated_before else "")
+            scan: dict[str, Any] = {"FilterExpression": condition, "ExpressionAttributeNames": names}
+            if values:
+                scan["ExpressionAttributeValues"] = values
+            yield from self._pages(self._table.scan, scan, limit)
+
+    @staticmethod
+    def _pages(read: Callable[..., Any], kwargs: dict[str, Any], limit: int) -> Generator[JobRecord, None, int]:
+        """Records from `read` (query or scan) page by page, at most `limit`; returns how many it yielded."""
         yielded = 0
-        for shard in range(self._open_shards):
-            key_condition = "#shard = :shard"
-            values: dict[str, Any] = {":shard": f"open#{shard}"}
-            names = {"#shard": OPEN_SHARD_ATTRIBUTE}
-            if updated_before is not None:
-                key_condition += " AND #updated < :before"
-                values[":before"] = updated_before
-                names["#updated"] = "updated_at"
-            kwargs: dict[str, Any] = {
-                "IndexName": OPEN_JOBS_INDEX,
-                "KeyConditionExpression": key_condition,
-                "ExpressionAttributeValues": values,
-                "ExpressionAttributeNames": names,
-            }
-            while yielded < limit:
-                page = self._table.query(Limit=limit - yielded, **kwargs)
-                for item in page.get("Items", []):
-                    yielded += 1
-                    yield _record_from_item(item)
-                if "LastEvaluatedKey" not in page:
-                    break
-                kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
-            if yielded >= limit:
-                return
+        while yielded < limit:
+            page = read(Limit=limit - yielded, **kwargs)
+            for item in page.get("Items", []):
+                yielded += 1
+                yield _record_from_item(item)
+            if "LastEvaluatedKey" not in page:
+                break
+            kwargs = {**kwargs, "ExclusiveStartKey": page["LastEvaluatedKey"]}
+        return yielded
 
     def _update(
         self,
@@ -216,3 +239,10 @@ def _record_from_item(item: Mapping[str, Any]) -> JobRecord:
 
 def _is_condition_failure(exc: ClientError) -> bool:
     return bool(exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException")
+
+
+def _is_missing_index(exc: ClientError) -> bool:
+    # AWS: ValidationException "The table does not have the specified index"; moto: ResourceNotFoundException.
+    error = exc.response.get("Error", {})
+    code, message = error.get("Code"), str(error.get("Message", "")).lower()
+    return code in ("ValidationException", "ResourceNotFoundException") and "index" in message
