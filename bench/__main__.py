@@ -9,7 +9,7 @@ import sys
 
 from bench import Table
 
-BENCHMARKS = ["webhook_copy_memory", "reconcile_open_jobs"]
+BENCHMARKS = ["webhook_copy_memory", "reconcile_open_jobs", "submit_batch", "cold_start"]
 
 
 def main(argv: list[str]) -> int:

@@ -317,7 +317,7 @@ def test_dead_letters_of_unrecorded_jobs_become_failed_records(world: World) -> 
     assert named.status is JobStatus.FAILED
     assert named.request is not None and named.request["prompt"] == "a lighthouse at dusk"
     assert named.error is not None and named.error.code == "dead_lettered"
-    assert "without being received from the jobs queue" in named.error.message
+    assert "before the submit function received it" in named.error.message
     assert world.record(no_id).status is JobStatus.FAILED  # no job_id: the message id, as submit decides
     invalid = world.record(garbage)
     assert invalid.error is not None and "not a valid job either" in invalid.error.message

@@ -59,10 +59,13 @@ class DeadLetter:
 
     def error(self) -> JobError:
         receives = self.receive_count - 1  # this receive, from the DLQ, is not one of the job's deliveries
-        how = f"after {receives} receives" if receives > 0 else "without being received from the jobs queue"
+        if receives > 0:
+            how = f"was moved to the jobs dead-letter queue after {receives} receives"
+        else:
+            how = "reached the jobs dead-letter queue before the submit function received it"
         message = (
-            f"the job's message was moved to the jobs dead-letter queue {how} without the job being submitted "
-            f"to Kling (SQS message {self.message_id}); the submit function's log has the cause of each attempt"
+            f"the job's message {how}, and the job was never submitted to Kling "
+            f"(SQS message {self.message_id}); the submit function's log has the cause of each attempt"
         )
         return JobError(DEAD_LETTERED, message)
 

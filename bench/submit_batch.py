@@ -1,0 +1,162 @@
+"""How long the submit handler takes for one SQS batch of 10 text-to-image jobs, by SUBMIT_CONCURRENCY.
+
+moto (server mode) is AWS and the Kling simulator is Kling, both on loopback, with an added latency on every
+Kling API call (LATENCY_MS) to stand in for the network to Kling. For each concurrency, a fresh table and queue
+take BATCHES batches of 10 valid text-to-image jobs; each batch is received from the queue as Lambda's poller
+receives it (real receipt handles and receive counts), handed to one `lambda_handler` call, and then deleted
+from the queue as Lambda does after a batch without failures. The first batch is the container's first
+invocation (it builds the submit service: boto3 clients, Kling client, worker threads); the others reuse it.
+Every job must end `submitted`, with exactly one create call at the simulator.
+
+The baseline is SUBMIT_CONCURRENCY=1 (one record at a time), measured in the same run as the default, 10.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+import boto3
+
+from bench import Table
+from devstack.aws_resources import create_resources
+from devstack.kling_simulator import KlingSimulator, SimulatorConfig
+from devstack.lambda_context import LambdaContext
+from devstack.moto_server import MotoServer
+from devstack.sqs_events import lambda_record, queue_arn, receive_messages, sqs_event
+from functions.submit import app
+from kling_pipeline.status import JobStatus
+from kling_pipeline.store import JobStore
+
+JOBS_PER_BATCH = 10
+BATCHES = 4  # the container's first batch, then 3 warm ones
+LATENCY_MS = 200
+CONCURRENCY = (1, 10)
+DEFAULT_CONCURRENCY = 10
+API_KEY = "bench-key"
+WEBHOOK_SECRET = "bench-webhook-secret"
+PROMPT = "a lighthouse on a cliff at dawn, oil painting"
+
+
+def run() -> Table:
+    moto = MotoServer().start()
+    moto.apply_environment(os.environ)
+    table = Table(
+        f"submit: one SQS batch of {JOBS_PER_BATCH} text-to-image jobs (Kling latency {LATENCY_MS} ms per call)",
+        ["SUBMIT_CONCURRENCY", "first batch", f"warm batch (median of {BATCHES - 1})", "speed-up", "latency floor"],
+    )
+    try:
+        timings = {concurrency: _measure(moto, concurrency, table.notes) for concurrency in CONCURRENCY}
+    finally:
+        moto.stop()
+    baseline = statistics.median(timings[CONCURRENCY[0]][1:])
+    for concurrency, seconds in timings.items():
+        warm = statistics.median(seconds[1:])
+        label = {CONCURRENCY[0]: "baseline", DEFAULT_CONCURRENCY: "default"}.get(concurrency)
+        floor = math.ceil(JOBS_PER_BATCH / concurrency) * LATENCY_MS / 1000
+        table.rows.append(
+            [
+                f"{concurrency} ({label})" if label else str(concurrency),
+                f"{seconds[0]:.2f} s",
+                f"{warm:.2f} s",
+                f"{baseline / warm:.2f}",
+                f"{floor:.2f} s",
+            ]
+        )
+    table.notes.append(
+        f"speed-up: warm batch at concurrency {CONCURRENCY[0]} / warm batch at concurrency N, same run.\n"
+        f"latency floor: the Kling latency alone, ceil({JOBS_PER_BATCH} / N) rounds of one create call each.\n"
+        "first batch: the container's first invocation, which also builds the submit service."
+    )
+    return table
+
+
+def _measure(moto: MotoServer, concurrency: int, notes: list[str]) -> list[float]:
+    """Seconds of each of BATCHES handler calls; a FAIL note for every job that did not end right."""
+    moto.reset()
+    resources = create_resources("bench-submit")
+    sim = KlingSimulator(SimulatorConfig(api_key=API_KEY, auto_advance=False)).start()
+    env = {
+        **resources.environment(),
+        "KLING_API_BASE_URL": sim.base_url,
+        "KLING_API_KEY": API_KEY,
+        "WEBHOOK_BASE_URL": "https://hooks.example.test/prod",
+        "WEBHOOK_SECRET": WEBHOOK_SECRET,
+        "SUBMIT_CONCURRENCY": str(concurrency),
+        "POWERTOOLS_SERVICE_NAME": "submit",
+    }
+    sqs = boto3.client("sqs")
+    arn = queue_arn(resources.queue_url, sqs=sqs)
+    store = JobStore(resources.table)
+    sim.set_faults(latency_ms=LATENCY_MS)
+    timings: list[float] = []
+    with _environment(env):
+        app.submit_service.cache_clear()
+        try:
+            for batch in range(BATCHES):
+                job_ids = [f"bench-c{concurrency}-b{batch}-{i}" for i in range(JOBS_PER_BATCH)]
+                event = _receive_batch(sqs, resources.queue_url, arn, job_ids)
+                started = time.perf_counter()
+                response = app.lambda_handler(event, LambdaContext("submit", timeout_seconds=60))
+                timings.append(time.perf_counter() - started)
+                failures = response["batchItemFailures"]
+                if failures:
+                    notes.append(f"FAIL: concurrency {concurrency}, batch {batch}: batch item failures {failures}")
+                _delete_batch(sqs, resources.queue_url, event)
+                for job_id in job_ids:
+                    record = store.get(job_id)
+                    status = record.status.value if record is not None else "no record"
+                    creates = sim.creates_for(job_id)
+                    if status != JobStatus.SUBMITTED.value or creates != 1:
+                        notes.append(f"FAIL: concurrency {concurrency}, {job_id}: {status}, {creates} create(s)")
+        finally:
+            if app.submit_service.cache_info().currsize:
+                app.submit_service().close()
+            app.submit_service.cache_clear()
+            sim.stop()
+    return timings
+
+
+def _receive_batch(sqs: Any, queue_url: str, arn: str, job_ids: list[str]) -> dict[str, Any]:
+    """Send one job per id (SendMessageBatch) and receive them all back as one Lambda SQS event."""
+    entries = [
+        {"Id": str(i), "MessageBody": json.dumps({"job_id": job_id, "prompt": PROMPT})}
+        for i, job_id in enumerate(job_ids)
+    ]
+    response = sqs.send_message_batch(QueueUrl=queue_url, Entries=entries)
+    if response.get("Failed"):
+        raise RuntimeError(f"SendMessageBatch failed: {response['Failed']}")
+    records: list[dict[str, Any]] = []
+    deadline = time.monotonic() + 5
+    while len(records) < len(job_ids) and time.monotonic() < deadline:
+        messages = receive_messages(queue_url, max_messages=len(job_ids) - len(records), sqs=sqs)
+        records.extend(lambda_record(message, arn) for message in messages)
+    if len(records) != len(job_ids):
+        raise RuntimeError(f"received {len(records)} of {len(job_ids)} messages")
+    return sqs_event(records)
+
+
+def _delete_batch(sqs: Any, queue_url: str, event: dict[str, Any]) -> None:
+    entries = [{"Id": str(i), "ReceiptHandle": r["receiptHandle"]} for i, r in enumerate(event["Records"])]
+    sqs.delete_message_batch(QueueUrl=queue_url, Entries=entries)
+
+
+@contextmanager
+def _environment(env: Mapping[str, str]) -> Iterator[None]:
+    """Set these variables for the block, then restore what was there."""
+    saved = {name: os.environ.get(name) for name in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
