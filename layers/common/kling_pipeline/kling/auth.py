@@ -7,8 +7,6 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
-import jwt
-
 JWT_TTL_SECONDS = 1800
 JWT_NOT_BEFORE_SKEW = 5  # Kling's documented nbf = now - 5 s
 JWT_RESIGN_MARGIN = 60  # re-sign this long before expiry so a token never expires in flight
@@ -83,6 +81,8 @@ class JwtAuth:
             self._sign(max(int(self._clock()), self._signed_at + 1))
 
     def _sign(self, now: int) -> None:
+        import jwt  # deferred: with `cryptography` installed it costs ~35 ms of cold start, and relays use keys
+
         payload = {"iss": self._access_key, "exp": now + self._ttl, "nbf": now - JWT_NOT_BEFORE_SKEW}
         self._token = jwt.encode(payload, self._secret_key, algorithm="HS256", headers={"alg": "HS256", "typ": "JWT"})
         self._signed_at = now
