@@ -69,6 +69,7 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
     for delivery in parsed.deliveries:
         if delivery.skipped:
             logger.info("notification skipped", extra={"reason": delivery.skipped, "message_id": delivery.message_id})
+            metrics.add_metric(name="NotificationsSkipped", unit=MetricUnit.Count, value=1)
             continue
         try:
             results.extend(_ingest(ingestor, delivery))
