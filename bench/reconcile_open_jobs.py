@@ -17,6 +17,7 @@ from typing import Any
 
 from bench import Table
 from devstack.aws_resources import create_resources
+from devstack.environment import environment_set
 from devstack.kling_simulator import KlingSimulator, SimulatorConfig
 from devstack.lambda_context import LambdaContext
 from devstack.moto_server import MotoServer
@@ -79,26 +80,20 @@ def _measure(moto: MotoServer, scenario: str, concurrency: int) -> tuple[float, 
         "RECONCILE_CONCURRENCY": str(concurrency),
         "POWERTOOLS_LOG_LEVEL": "WARNING",
     }
-    saved = {name: os.environ.get(name) for name in env}
-    os.environ.update(env)
     app.wiring.cache_clear()
-    try:
-        _SETUP[scenario](resources.table, sim)
-        sim.set_faults(latency_ms=LATENCY_MS)
-        started = time.perf_counter()
-        summary: dict[str, Any] = app.lambda_handler(
-            scheduled_event("bench", "us-east-1"), LambdaContext("reconcile", timeout_seconds=300)
-        )
-        return time.perf_counter() - started, summary
-    finally:
-        app.wiring().reconciler.close()
-        app.wiring.cache_clear()
-        sim.stop()
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+    with environment_set(env):
+        try:
+            _SETUP[scenario](resources.table, sim)
+            sim.set_faults(latency_ms=LATENCY_MS)
+            started = time.perf_counter()
+            summary: dict[str, Any] = app.lambda_handler(
+                scheduled_event("bench", "us-east-1"), LambdaContext("reconcile", timeout_seconds=300)
+            )
+            return time.perf_counter() - started, summary
+        finally:
+            app.wiring().reconciler.close()
+            app.wiring.cache_clear()
+            sim.stop()
 
 
 def _jobs_with_tasks(final_status: str, job_status: JobStatus) -> Callable[[str, KlingSimulator], None]:

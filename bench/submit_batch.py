@@ -18,14 +18,13 @@ import math
 import os
 import statistics
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
 from typing import Any
 
 import boto3
 
 from bench import Table
 from devstack.aws_resources import create_resources
+from devstack.environment import environment_set
 from devstack.kling_simulator import KlingSimulator, SimulatorConfig
 from devstack.lambda_context import LambdaContext
 from devstack.moto_server import MotoServer
@@ -96,7 +95,7 @@ def _measure(moto: MotoServer, concurrency: int, notes: list[str]) -> list[float
     store = JobStore(resources.table)
     sim.set_faults(latency_ms=LATENCY_MS)
     timings: list[float] = []
-    with _environment(env):
+    with environment_set(env):
         app.submit_service.cache_clear()
         try:
             for batch in range(BATCHES):
@@ -145,18 +144,3 @@ def _receive_batch(sqs: Any, queue_url: str, arn: str, job_ids: list[str]) -> di
 def _delete_batch(sqs: Any, queue_url: str, event: dict[str, Any]) -> None:
     entries = [{"Id": str(i), "ReceiptHandle": r["receiptHandle"]} for i, r in enumerate(event["Records"])]
     sqs.delete_message_batch(QueueUrl=queue_url, Entries=entries)
-
-
-@contextmanager
-def _environment(env: Mapping[str, str]) -> Iterator[None]:
-    """Set these variables for the block, then restore what was there."""
-    saved = {name: os.environ.get(name) for name in env}
-    os.environ.update(env)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from devstack.aws_resources import AwsResources, create_resources
+from devstack.environment import environment_set
 from devstack.kling_simulator import KlingSimulator, SimulatorConfig
 from devstack.moto_server import MotoServer
 
@@ -25,14 +26,8 @@ def aws(moto_server: MotoServer) -> Iterator[AwsResources]:
     """Fresh table, queues and buckets for one test; the contract's variables point at them."""
     moto_server.reset()
     resources = create_resources("test", visibility_timeout=30, max_receive_count=3)
-    saved = {name: os.environ.get(name) for name in resources.environment()}
-    os.environ.update(resources.environment())
-    yield resources
-    for name, value in saved.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
+    with environment_set(resources.environment()):
+        yield resources
 
 
 @pytest.fixture

@@ -5,13 +5,13 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from devstack.environment import environment_set
 from devstack.lambda_context import LambdaContext
 
 logger = logging.getLogger("devstack.functions")
@@ -58,16 +58,8 @@ class LambdaFunction:
 
     def load(self) -> LambdaFunction:
         """Import the handler module now (the cold start), so a broken function fails the stack's start."""
-        saved = {name: os.environ.get(name) for name in self.spec.import_environment}
-        os.environ.update(self.spec.import_environment)
-        try:
+        with environment_set(self.spec.import_environment):
             module = importlib.import_module(self.spec.module)
-        finally:
-            for name, value in saved.items():
-                if value is None:
-                    os.environ.pop(name, None)
-                else:
-                    os.environ[name] = value
         self._handler = module.lambda_handler
         return self
 
