@@ -28,7 +28,7 @@ from devstack.environment import environment_set
 from devstack.kling_simulator import KlingSimulator, SimulatorConfig
 from devstack.lambda_context import LambdaContext
 from devstack.moto_server import MotoServer
-from devstack.sqs_events import lambda_record, queue_arn, receive_messages, sqs_event
+from devstack.sqs_events import queue_arn, receive_records, sqs_event
 from functions.submit import app
 from kling_pipeline.status import JobStatus
 from kling_pipeline.store import JobStore
@@ -131,11 +131,7 @@ def _receive_batch(sqs: Any, queue_url: str, arn: str, job_ids: list[str]) -> di
     response = sqs.send_message_batch(QueueUrl=queue_url, Entries=entries)
     if response.get("Failed"):
         raise RuntimeError(f"SendMessageBatch failed: {response['Failed']}")
-    records: list[dict[str, Any]] = []
-    deadline = time.monotonic() + 5
-    while len(records) < len(job_ids) and time.monotonic() < deadline:
-        messages = receive_messages(queue_url, max_messages=len(job_ids) - len(records), sqs=sqs)
-        records.extend(lambda_record(message, arn) for message in messages)
+    records = receive_records(queue_url, len(job_ids), queue_arn=arn, sqs=sqs)
     if len(records) != len(job_ids):
         raise RuntimeError(f"received {len(records)} of {len(job_ids)} messages")
     return sqs_event(records)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -31,6 +32,20 @@ def receive_messages(
     )
     messages: list[dict[str, Any]] = response.get("Messages", [])
     return messages
+
+
+def receive_records(
+    queue_url: str, expected: int, *, queue_arn: str, sqs: Any | None = None, timeout: float = 5.0
+) -> list[dict[str, Any]]:
+    """Receive until `expected` Lambda records are in hand (moto may hand out fewer per call) or `timeout`
+    seconds pass; returns what was received, which callers check against `expected`."""
+    client = sqs or boto3.client("sqs")
+    records: list[dict[str, Any]] = []
+    deadline = time.monotonic() + timeout
+    while len(records) < expected and time.monotonic() < deadline:
+        messages = receive_messages(queue_url, max_messages=min(10, expected - len(records)), sqs=client)
+        records.extend(lambda_record(message, queue_arn) for message in messages)
+    return records
 
 
 def receive_event(queue_url: str, *, max_messages: int = 10, sqs: Any | None = None) -> dict[str, Any]:

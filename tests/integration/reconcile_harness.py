@@ -4,9 +4,7 @@ submit / webhook / reconcile handlers) and a queue subscribed to the pipeline's 
 from __future__ import annotations
 
 import json
-import time
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,12 +14,13 @@ import boto3
 from devstack.aws_resources import AwsResources
 from devstack.kling_simulator import KlingSimulator
 from devstack.lambda_context import LambdaContext
-from devstack.sqs_events import lambda_record, queue_arn, receive_messages, sqs_event
+from devstack.sqs_events import queue_arn, receive_records, sqs_event
 from functions.reconcile import app as reconcile_app
 from functions.submit import app as submit_app
 from kling_pipeline.kling import BearerKeyAuth, KlingClient, KlingTask
 from kling_pipeline.record import JobRecord
 from kling_pipeline.store import JobStore
+from tests.integration.webhook_harness import wait_until
 
 API_KEY = "test-key"
 WEBHOOK_SECRET = "reconcile-test-webhook-secret"
@@ -90,11 +89,7 @@ class World:
         what succeeded); returns the message ids reported as failures."""
         sqs = boto3.client("sqs")
         arn = queue_arn(self.aws.queue_url, sqs=sqs)
-        records: list[dict[str, Any]] = []
-        deadline = time.monotonic() + 5
-        while len(records) < expected and time.monotonic() < deadline:
-            messages = receive_messages(self.aws.queue_url, max_messages=min(10, expected - len(records)), sqs=sqs)
-            records.extend(lambda_record(message, arn) for message in messages)
+        records = receive_records(self.aws.queue_url, expected, queue_arn=arn, sqs=sqs)
         assert len(records) == expected, f"received {len(records)} of {expected} job messages"
         failures: set[str] = set()
         for start in range(0, len(records), 10):
@@ -139,11 +134,3 @@ class World:
     def events(self) -> list[dict[str, Any]]:
         """Every pipeline event delivered to the subscribed queue so far (taken off the queue)."""
         return [json.loads(message["Body"]) for message in drain(self.events_url)]
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, message: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {message}")
-        time.sleep(0.02)

@@ -36,9 +36,8 @@ from tests.integration.reconcile_harness import (
     drain,
     scheduled_event,
     subscribe_to_job_events,
-    wait_until,
 )
-from tests.integration.webhook_harness import CallbackFront
+from tests.integration.webhook_harness import CallbackFront, wait_until
 
 MAX_RECEIVES = 3
 

@@ -25,7 +25,7 @@ from devstack.aws_resources import AwsResources
 from devstack.imagegen import padded_png, png_bytes
 from devstack.kling_simulator import KlingSimulator, SimulatorConfig
 from devstack.lambda_context import LambdaContext
-from devstack.sqs_events import lambda_record, queue_arn, receive_messages, sqs_event
+from devstack.sqs_events import queue_arn, receive_records, sqs_event
 from functions.submit import app
 from kling_pipeline.images import MAX_IMAGE_BYTES
 from kling_pipeline.kling import BearerKeyAuth, KlingClient
@@ -72,12 +72,7 @@ class SubmitHarness:
 
     def receive(self, expected: int = 1) -> list[dict[str, Any]]:
         """Receive exactly `expected` Lambda records (moto may hand out fewer per call)."""
-        records: list[dict[str, Any]] = []
-        deadline = time.monotonic() + 5
-        while len(records) < expected and time.monotonic() < deadline:
-            wanted = min(10, expected - len(records))
-            messages = receive_messages(self.queue_url, max_messages=wanted, sqs=self.sqs)
-            records.extend(lambda_record(message, self.queue_arn) for message in messages)
+        records = receive_records(self.queue_url, expected, queue_arn=self.queue_arn, sqs=self.sqs)
         assert len(records) == expected, f"received {len(records)} of {expected} messages"
         return records
 
