@@ -78,7 +78,6 @@ def _measure(moto: MotoServer, scenario: str, concurrency: int) -> tuple[float, 
         "RECONCILE_PENDING_GRACE_SECONDS": "0",
         "RECONCILE_STALE_SECONDS": "0",
         "RECONCILE_CONCURRENCY": str(concurrency),
-        "POWERTOOLS_LOG_LEVEL": "WARNING",
     }
     app.wiring.cache_clear()
     with environment_set(env):

@@ -65,8 +65,6 @@ def run() -> Table:
             "WEBHOOK_SECRET": WEBHOOK_SECRET,
             "IMAGE_HOST_ALLOWLIST": f"127.0.0.1:{sim.port}",
             "PYTHONPATH": str(REPO),
-            "POWERTOOLS_LOG_LEVEL": "WARNING",
-            "POWERTOOLS_METRICS_DISABLED": "true",
         }
         with KlingClient(sim.base_url, BearerKeyAuth(API_KEY)) as kling:
             for mode in MODES:
