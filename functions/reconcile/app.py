@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import os
-import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -28,7 +27,7 @@ from kling_pipeline.progress import JobProgress
 from kling_pipeline.reconcile import JobReconciler, Reconciler, RunReport
 from kling_pipeline.reconcile_policy import ReconcileOptions
 from kling_pipeline.settings import Settings
-from kling_pipeline.store import JobStore
+from kling_pipeline.store import JobStore, dynamodb_resource
 from kling_pipeline.url_guard import GuardedHttp, UrlGuard
 
 DEFAULT_METRICS_NAMESPACE = "KlingPipeline"
@@ -57,12 +56,9 @@ def wiring() -> Wiring:
     kling = kling_client(settings)
     http = GuardedHttp(UrlGuard(settings.image_host_allowlist))
     copier = ImageCopier(http, boto3.client("s3"), bucket, max_image_bytes=max_image_bytes_from_env())
-    lock = threading.Lock()
 
     def store() -> JobStore:
-        with lock:  # boto3 resources are not thread-safe, nor is creating them from one session
-            dynamodb = boto3.resource("dynamodb")
-        return JobStore(table, dynamodb=dynamodb, on_final=publisher)
+        return JobStore(table, dynamodb=dynamodb_resource(), on_final=publisher)
 
     def job_reconciler() -> JobReconciler:
         own = store()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 import time
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 from decimal import Decimal
@@ -23,6 +24,15 @@ OPEN_SHARD_ATTRIBUTE = "open_shard"
 TTL_ATTRIBUTE = "expires_at"
 DEFAULT_OPEN_SHARDS = 4
 DEFAULT_RETENTION_DAYS = 90
+
+_RESOURCE_LOCK = threading.Lock()
+
+
+def dynamodb_resource(session: Any = boto3) -> Any:
+    """A DynamoDB resource for one thread's JobStore: boto3 resources are not thread-safe, and neither is
+    creating them from one session."""
+    with _RESOURCE_LOCK:
+        return session.resource("dynamodb")
 
 
 def to_dynamo(value: Any) -> Any:
@@ -59,7 +69,7 @@ class JobStore:
         on_final: Callable[[JobRecord], None] | None = None,
     ) -> None:
         """`on_final` is called once per job, by the writer whose conditional write made it final."""
-        resource = dynamodb or boto3.resource("dynamodb")
+        resource = dynamodb or dynamodb_resource()
         self._table = resource.Table(table_name)
         self._open_shards = open_shards
         self._retention_seconds = retention_days * 86400

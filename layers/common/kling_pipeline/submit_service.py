@@ -24,7 +24,7 @@ from kling_pipeline.credentials import kling_client, webhook_secret
 from kling_pipeline.events import JobEventPublisher
 from kling_pipeline.retry_policy import MAX_VISIBILITY_SECONDS, RetryPolicy
 from kling_pipeline.settings import ConfigurationError, Settings
-from kling_pipeline.store import JobStore
+from kling_pipeline.store import JobStore, dynamodb_resource
 from kling_pipeline.submission import Outcome, QueuedJob, Submission
 from kling_pipeline.submit_adapters import MAX_PRESIGNED_SECONDS, DynamoSubmitLeases, S3ImageUrls, SqsVisibility
 from kling_pipeline.tokens import callback_url
@@ -79,7 +79,6 @@ class SubmitService:
         self._settings = settings
         # The default session shares its loaded service models with every other client of the process.
         self._session: Any = session if session is not None else boto3
-        self._lock = threading.Lock()
         self._local = threading.local()
         self._kling = kling_client(settings)
         self._policy = options.retry_policy()
@@ -114,9 +113,9 @@ class SubmitService:
     def _submission(self) -> Submission:
         submission: Submission | None = getattr(self._local, "submission", None)
         if submission is None:
-            with self._lock:  # nor is creating resources from one boto3 Session
-                dynamodb: Any = self._session.resource("dynamodb")
-            store = JobStore(str(self._settings.jobs_table), dynamodb=dynamodb, on_final=self._publisher)
+            store = JobStore(
+                str(self._settings.jobs_table), dynamodb=dynamodb_resource(self._session), on_final=self._publisher
+            )
             submission = Submission(
                 store,
                 self._leases,
