@@ -29,13 +29,12 @@ from devstack.runner.scheduler import Schedule
 from devstack.runner.sqs_poller import QueuePoller, lambda_dispatch
 from devstack.sqs_events import queue_arn
 from devstack.state import StackState, default_state_path
+from kling_pipeline.telemetry import METRICS_NAMESPACE
 
 logger = logging.getLogger("devstack.stack")
 
 CODE_ROOT = Path(__file__).resolve().parent.parent
 WEBHOOK_ROUTE = "POST /callbacks/kling/{job_id}"
-
-METRICS_NAMESPACE = "KlingPipeline"
 
 
 def _function(name: str, timeout_seconds: int, memory_mb: int = 512) -> FunctionSpec:

@@ -12,7 +12,7 @@ import functools
 from dataclasses import dataclass
 from typing import Any
 
-from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools import Logger
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
@@ -21,12 +21,13 @@ from kling_pipeline.ingest import Ingestor, IngestResult
 from kling_pipeline.job_queue import SqsJobQueue
 from kling_pipeline.settings import Settings
 from kling_pipeline.store import JobStore
+from kling_pipeline.telemetry import function_metrics
 from kling_pipeline.upload_bucket import S3UploadBucket
 from kling_pipeline.upload_events import Delivery, parse_upload_event
 from kling_pipeline.upload_rules import UploadStatus
 
 logger = Logger(service="ingest")
-metrics = Metrics(namespace="KlingPipeline", service="ingest")
+metrics = function_metrics(service="ingest")
 
 METRIC_NAMES = {
     UploadStatus.QUEUED: "UploadsAccepted",

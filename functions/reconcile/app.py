@@ -8,13 +8,12 @@ RECONCILE_SAFETY_MARGIN_SECONDS; whatever is left over is picked up by the next 
 from __future__ import annotations
 
 import functools
-import os
 import time
 from dataclasses import dataclass
 from typing import Any
 
 import boto3
-from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools import Logger
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.data_classes import EventBridgeEvent, event_source
 from aws_lambda_powertools.utilities.typing import LambdaContext
@@ -28,12 +27,11 @@ from kling_pipeline.reconcile import JobReconciler, Reconciler, RunReport
 from kling_pipeline.reconcile_policy import ReconcileOptions
 from kling_pipeline.settings import Settings
 from kling_pipeline.store import JobStore, dynamodb_resource
+from kling_pipeline.telemetry import function_metrics
 from kling_pipeline.url_guard import GuardedHttp, UrlGuard
 
-DEFAULT_METRICS_NAMESPACE = "KlingPipeline"
-
 logger = Logger()
-metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", DEFAULT_METRICS_NAMESPACE))
+metrics = function_metrics()
 
 
 class ReconcileRunError(RuntimeError):

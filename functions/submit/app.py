@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import os
 from functools import cache, partial
 from typing import Any
 
-from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools import Logger
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.batch import AsyncBatchProcessor, EventType, async_process_partial_response
 from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
@@ -21,11 +20,10 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from kling_pipeline.submission import OutcomeKind, QueuedJob
 from kling_pipeline.submit_service import SubmitService
-
-DEFAULT_METRICS_NAMESPACE = "KlingPipeline"
+from kling_pipeline.telemetry import function_metrics
 
 logger = Logger()
-metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", DEFAULT_METRICS_NAMESPACE))
+metrics = function_metrics()
 
 METRIC_NAMES = {
     OutcomeKind.SUBMITTED: "JobsSubmitted",

@@ -12,13 +12,12 @@ import base64
 import binascii
 import functools
 import json
-import os
 import time
 from dataclasses import dataclass
 from typing import Any
 
 import boto3
-from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools import Logger
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response, content_types
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
@@ -31,16 +30,16 @@ from kling_pipeline.kling import KlingTask, NotATaskError, parse_task
 from kling_pipeline.progress import JobProgress, Outcome, ProgressResult, TaskMismatchError
 from kling_pipeline.settings import Settings
 from kling_pipeline.store import JobStore
+from kling_pipeline.telemetry import function_metrics
 from kling_pipeline.url_guard import GuardedHttp, UrlGuard
 
 # API Gateway gives up after 30 s; stop copying well before, so the job's copy_error is still recorded.
 COPY_BUDGET_SECONDS = 20.0
-DEFAULT_METRICS_NAMESPACE = "KlingPipeline"
 SAFETY_MARGIN_SECONDS = 3.0
 
 # Service name from POWERTOOLS_SERVICE_NAME (the template sets it), so the shared package's child loggers attach.
 logger = Logger()
-metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", DEFAULT_METRICS_NAMESPACE))
+metrics = function_metrics()
 app = APIGatewayHttpResolver()
 
 
