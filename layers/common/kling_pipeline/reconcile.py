@@ -13,7 +13,6 @@ with a reason. All writes are conditional: runs may overlap each other and the w
 
 from __future__ import annotations
 
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -28,6 +27,7 @@ from aws_lambda_powertools import Logger
 from kling_pipeline.dead_letters import DeadLetterOutcome, DeadLetterSweeper
 from kling_pipeline.errors import JobError
 from kling_pipeline.kling import KlingError, KlingTask
+from kling_pipeline.per_thread import PerThread
 from kling_pipeline.progress import COPY_ATTEMPTS, COPY_ERROR, JobProgress, Outcome, ProgressResult, TaskMismatchError
 from kling_pipeline.reconcile_policy import (
     ReconcileOptions,
@@ -200,11 +200,10 @@ class Reconciler:
     ) -> None:
         """`job_reconciler()` builds one JobReconciler; each worker thread calls it once and keeps the result."""
         self._store = store
-        self._new_job_reconciler = job_reconciler
         self._options = options
         self._dead_letters = dead_letters
         self._clock = clock
-        self._local = threading.local()
+        self._workers = PerThread(job_reconciler)
         self._executor = ThreadPoolExecutor(max_workers=options.reconcile_concurrency, thread_name_prefix="reconcile")
 
     def run(self, deadline: float) -> RunReport:
@@ -235,7 +234,7 @@ class Reconciler:
             return JobReport(job.job_id, JobOutcome.DEFERRED)
         logger.thread_safe_append_keys(job_id=job.job_id, status=job.status.value)
         try:
-            job_report = self._worker().reconcile(job, deadline=deadline)
+            job_report = self._workers.get().reconcile(job, deadline=deadline)
         except Exception:
             # One job's surprise (a DynamoDB error, a bug) must not stop the others; it is retried next run.
             logger.exception("reconciling the job failed unexpectedly")
@@ -244,13 +243,6 @@ class Reconciler:
             logger.info("job reconciled", extra={"outcome": job_report.outcome.value, "detail": job_report.detail})
         logger.thread_safe_remove_keys(["job_id", "status"])
         return job_report
-
-    def _worker(self) -> JobReconciler:
-        worker: JobReconciler | None = getattr(self._local, "worker", None)
-        if worker is None:
-            worker = self._new_job_reconciler()
-            self._local.worker = worker
-        return worker
 
 
 def _int_attribute(job: JobRecord, name: str) -> int:

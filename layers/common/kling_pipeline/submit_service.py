@@ -10,7 +10,6 @@ SUBMIT_RETRY_BASE_SECONDS (10) and SUBMIT_RETRY_MAX_DELAY_SECONDS (900): the ret
 from __future__ import annotations
 
 import os
-import threading
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -22,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from kling_pipeline.credentials import kling_client, webhook_secret
 from kling_pipeline.events import JobEventPublisher
+from kling_pipeline.per_thread import PerThread
 from kling_pipeline.retry_policy import MAX_VISIBILITY_SECONDS, RetryPolicy
 from kling_pipeline.settings import ConfigurationError, Settings
 from kling_pipeline.store import JobStore, dynamodb_resource
@@ -79,7 +79,7 @@ class SubmitService:
         self._settings = settings
         # The default session shares its loaded service models with every other client of the process.
         self._session: Any = session if session is not None else boto3
-        self._local = threading.local()
+        self._submissions = PerThread(self._new_submission)
         self._kling = kling_client(settings)
         self._policy = options.retry_policy()
         self._publisher = JobEventPublisher(
@@ -101,7 +101,7 @@ class SubmitService:
         # Each record runs in its own copy of the logging context: keys never leak to the next record.
         logger.thread_safe_clear_keys()
         logger.thread_safe_append_keys(message_id=queued.message_id)
-        outcome = self._submission().submit(queued)
+        outcome = self._submissions.get().submit(queued)
         if outcome.delay_seconds is not None:
             self._visibility.postpone(queue_arn, receipt_handle, outcome.delay_seconds)
         return outcome
@@ -110,23 +110,19 @@ class SubmitService:
         self.executor.shutdown(wait=True)
         self._kling.close()
 
-    def _submission(self) -> Submission:
-        submission: Submission | None = getattr(self._local, "submission", None)
-        if submission is None:
-            store = JobStore(
-                str(self._settings.jobs_table), dynamodb=dynamodb_resource(self._session), on_final=self._publisher
-            )
-            submission = Submission(
-                store,
-                self._leases,
-                self._kling,
-                self._images,
-                self._callback_url,
-                self._policy,
-                log_context=logger.thread_safe_append_keys,
-            )
-            self._local.submission = submission
-        return submission
+    def _new_submission(self) -> Submission:
+        store = JobStore(
+            str(self._settings.jobs_table), dynamodb=dynamodb_resource(self._session), on_final=self._publisher
+        )
+        return Submission(
+            store,
+            self._leases,
+            self._kling,
+            self._images,
+            self._callback_url,
+            self._policy,
+            log_context=logger.thread_safe_append_keys,
+        )
 
     def _callback_url(self, job_id: str) -> str:
         assert self._settings.webhook_base_url is not None
