@@ -23,10 +23,10 @@ from devstack.lambda_context import LambdaContext
 from devstack.moto_server import MotoServer
 from devstack.runner.scheduler import scheduled_event
 from functions.reconcile import app
+from kling_pipeline.adapters.dynamodb import JobStore
+from kling_pipeline.contract.record import JobRecord
+from kling_pipeline.contract.status import JobStatus
 from kling_pipeline.kling import BearerKeyAuth, KlingClient
-from kling_pipeline.record import JobRecord
-from kling_pipeline.status import JobStatus
-from kling_pipeline.store import JobStore
 
 JOBS = 100
 LATENCY_MS = 50

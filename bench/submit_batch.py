@@ -30,8 +30,8 @@ from devstack.lambda_context import LambdaContext
 from devstack.moto_server import MotoServer
 from devstack.sqs_events import queue_arn, receive_records, sqs_event
 from functions.submit import app
-from kling_pipeline.status import JobStatus
-from kling_pipeline.store import JobStore
+from kling_pipeline.adapters.dynamodb import JobStore
+from kling_pipeline.contract.status import JobStatus
 
 JOBS_PER_BATCH = 10
 BATCHES = 4  # the container's first batch, then 3 warm ones

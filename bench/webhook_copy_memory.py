@@ -42,11 +42,11 @@ def run() -> Table:
     from devstack.aws_resources import create_resources
     from devstack.kling_simulator import KlingSimulator, SimulatorConfig
     from devstack.moto_server import MotoServer
+    from kling_pipeline.adapters.dynamodb import JobStore
+    from kling_pipeline.contract.callback_tokens import callback_url
+    from kling_pipeline.contract.record import JobRecord
+    from kling_pipeline.contract.status import JobStatus
     from kling_pipeline.kling import BearerKeyAuth, KlingClient
-    from kling_pipeline.record import JobRecord
-    from kling_pipeline.status import JobStatus
-    from kling_pipeline.store import JobStore
-    from kling_pipeline.tokens import callback_url
 
     moto = MotoServer().start()
     moto.apply_environment(os.environ)
@@ -199,9 +199,9 @@ def _install_naive_copier(webhook_app: Any) -> None:
     import boto3
     import requests
 
-    from kling_pipeline.image_copy import CopyResult
+    from kling_pipeline.adapters.image_copy import CopyResult
+    from kling_pipeline.contract.record import StoredImage
     from kling_pipeline.progress import JobProgress
-    from kling_pipeline.record import StoredImage
 
     wired = webhook_app.wiring()
     s3 = boto3.client("s3")

@@ -12,7 +12,7 @@ from typing import Any
 
 import boto3
 
-from kling_pipeline.store import OPEN_JOBS_INDEX, OPEN_SHARD_ATTRIBUTE
+from kling_pipeline.adapters.dynamodb import OPEN_JOBS_INDEX, OPEN_SHARD_ATTRIBUTE
 
 DEFAULT_MAX_RECEIVE_COUNT = 5
 

@@ -21,8 +21,8 @@ from devstack.progress import watch
 from devstack.state import STATE_ENV, StateError, default_state_path
 from devstack.target import Target, TargetError, deployed_target, local_target
 from devstack.views import jobs_table, record_details
-from kling_pipeline.record import JobRecord
-from kling_pipeline.status import JobStatus
+from kling_pipeline.contract.record import JobRecord
+from kling_pipeline.contract.status import JobStatus
 
 EXIT_FAILED = 1
 EXIT_TIMEOUT = 2

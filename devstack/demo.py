@@ -22,8 +22,8 @@ from devstack.stack_control import spawn_stack, stop_process, wait_ready
 from devstack.state import pid_alive
 from devstack.target import local_target
 from devstack.views import status_text
-from kling_pipeline.record import JobRecord
-from kling_pipeline.status import JobStatus
+from kling_pipeline.contract.record import JobRecord
+from kling_pipeline.contract.status import JobStatus
 
 TEXT_PROMPT = "a lighthouse on a basalt cliff at dusk, warm windows, long exposure sea, cinematic"
 UPLOAD_PROMPT = "the same hills in watercolour, soft morning light"

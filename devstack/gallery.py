@@ -15,7 +15,7 @@ from string import Template
 from PIL import Image, UnidentifiedImageError
 
 from devstack.views import age, prompt_of
-from kling_pipeline.record import JobRecord
+from kling_pipeline.contract.record import JobRecord
 
 THUMBNAIL_PX = 384
 

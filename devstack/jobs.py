@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from devstack.target import Target
-from kling_pipeline.record import JobRecord
-from kling_pipeline.store import JobStore, from_dynamo
+from kling_pipeline.adapters.dynamodb import JobStore, from_dynamo
+from kling_pipeline.contract.record import JobRecord
 
 UPLOADS_PREFIX = "uploads/"
 MAX_METADATA_BYTES = 2048  # S3's limit on user-defined metadata

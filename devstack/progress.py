@@ -9,8 +9,8 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TaskID, TextColumn
 
 from devstack.jobs import Jobs
 from devstack.views import STATUS_STYLES
-from kling_pipeline.record import JobRecord
-from kling_pipeline.status import JobStatus
+from kling_pipeline.contract.record import JobRecord
+from kling_pipeline.contract.status import JobStatus
 
 _STEPS = JobStatus.SUCCEEDED.rank
 

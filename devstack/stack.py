@@ -29,7 +29,7 @@ from devstack.runner.scheduler import Schedule
 from devstack.runner.sqs_poller import QueuePoller, lambda_dispatch
 from devstack.sqs_events import queue_arn
 from devstack.state import StackState, default_state_path
-from kling_pipeline.telemetry import METRICS_NAMESPACE
+from kling_pipeline.runtime.telemetry import METRICS_NAMESPACE
 
 logger = logging.getLogger("devstack.stack")
 

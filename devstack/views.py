@@ -8,8 +8,8 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from kling_pipeline.record import JobRecord
-from kling_pipeline.status import JobStatus
+from kling_pipeline.contract.record import JobRecord
+from kling_pipeline.contract.status import JobStatus
 
 STATUS_STYLES = {
     JobStatus.PENDING: "dim",

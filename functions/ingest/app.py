@@ -16,15 +16,15 @@ from aws_lambda_powertools import Logger
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from kling_pipeline.events import JobEventPublisher
-from kling_pipeline.ingest import Ingestor, IngestResult
-from kling_pipeline.job_queue import SqsJobQueue
-from kling_pipeline.settings import Settings
-from kling_pipeline.store import JobStore
-from kling_pipeline.telemetry import function_metrics
-from kling_pipeline.upload_bucket import S3UploadBucket
-from kling_pipeline.upload_events import Delivery, parse_upload_event
-from kling_pipeline.upload_rules import UploadStatus
+from kling_pipeline.adapters.dynamodb import JobStore
+from kling_pipeline.adapters.eventbridge import JobEventPublisher
+from kling_pipeline.adapters.s3 import S3UploadBucket
+from kling_pipeline.adapters.sqs import SqsJobQueue
+from kling_pipeline.contract.settings import Settings
+from kling_pipeline.ingest.events import Delivery, parse_upload_event
+from kling_pipeline.ingest.ingestor import Ingestor, IngestResult
+from kling_pipeline.ingest.rules import UploadStatus
+from kling_pipeline.runtime.telemetry import function_metrics
 
 logger = Logger(service="ingest")
 metrics = function_metrics(service="ingest")

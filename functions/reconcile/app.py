@@ -18,17 +18,18 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.data_classes import EventBridgeEvent, event_source
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from kling_pipeline.credentials import kling_client
-from kling_pipeline.dead_letters import DeadLetterSweeper, SqsDeadLetterQueue
-from kling_pipeline.events import JobEventPublisher
-from kling_pipeline.image_copy import ImageCopier, max_image_bytes_from_env
+from kling_pipeline.adapters.dynamodb import JobStore, dynamodb_resource
+from kling_pipeline.adapters.eventbridge import JobEventPublisher
+from kling_pipeline.adapters.image_copy import ImageCopier, max_image_bytes_from_env
+from kling_pipeline.adapters.sqs import SqsDeadLetterQueue
+from kling_pipeline.adapters.url_guard import GuardedHttp, UrlGuard
+from kling_pipeline.contract.settings import Settings
 from kling_pipeline.progress import JobProgress
-from kling_pipeline.reconcile import JobReconciler, Reconciler, RunReport
-from kling_pipeline.reconcile_policy import ReconcileOptions
-from kling_pipeline.settings import Settings
-from kling_pipeline.store import JobStore, dynamodb_resource
-from kling_pipeline.telemetry import function_metrics
-from kling_pipeline.url_guard import GuardedHttp, UrlGuard
+from kling_pipeline.reconcile.dead_letters import DeadLetterSweeper
+from kling_pipeline.reconcile.policy import ReconcileOptions
+from kling_pipeline.reconcile.reconciler import JobReconciler, Reconciler, RunReport
+from kling_pipeline.runtime.credentials import kling_client
+from kling_pipeline.runtime.telemetry import function_metrics
 
 logger = Logger()
 metrics = function_metrics()

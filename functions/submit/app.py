@@ -18,9 +18,9 @@ from aws_lambda_powertools.utilities.batch.types import PartialItemFailureRespon
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from kling_pipeline.submission import OutcomeKind, QueuedJob
-from kling_pipeline.submit_service import SubmitService
-from kling_pipeline.telemetry import function_metrics
+from kling_pipeline.runtime.submit import SubmitService
+from kling_pipeline.runtime.telemetry import function_metrics
+from kling_pipeline.submit.submission import OutcomeKind, QueuedJob
 
 logger = Logger()
 metrics = function_metrics()

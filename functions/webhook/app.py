@@ -22,16 +22,16 @@ from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from kling_pipeline.callback_auth import CallbackRejectedError, authenticate_callback
-from kling_pipeline.credentials import kling_client, webhook_secret
-from kling_pipeline.events import JobEventPublisher
-from kling_pipeline.image_copy import ImageCopier, max_image_bytes_from_env
+from kling_pipeline.adapters.dynamodb import JobStore
+from kling_pipeline.adapters.eventbridge import JobEventPublisher
+from kling_pipeline.adapters.image_copy import ImageCopier, max_image_bytes_from_env
+from kling_pipeline.adapters.url_guard import GuardedHttp, UrlGuard
+from kling_pipeline.contract.callback_auth import CallbackRejectedError, authenticate_callback
+from kling_pipeline.contract.settings import Settings
 from kling_pipeline.kling import KlingTask, NotATaskError, parse_task
 from kling_pipeline.progress import JobProgress, Outcome, ProgressResult, TaskMismatchError
-from kling_pipeline.settings import Settings
-from kling_pipeline.store import JobStore
-from kling_pipeline.telemetry import function_metrics
-from kling_pipeline.url_guard import GuardedHttp, UrlGuard
+from kling_pipeline.runtime.credentials import kling_client, webhook_secret
+from kling_pipeline.runtime.telemetry import function_metrics
 
 # API Gateway gives up after 30 s; stop copying well before, so the job's copy_error is still recorded.
 COPY_BUDGET_SECONDS = 20.0

@@ -10,9 +10,9 @@ from click.testing import CliRunner
 
 from devstack.aws_resources import AwsResources
 from devstack.cli import cli
-from kling_pipeline.record import JobRecord, RecordError
-from kling_pipeline.status import JobStatus
-from kling_pipeline.store import JobStore
+from kling_pipeline.adapters.dynamodb import JobStore
+from kling_pipeline.contract.record import JobRecord, RecordError
+from kling_pipeline.contract.status import JobStatus
 
 
 def _template(outputs: dict[str, str]) -> str:

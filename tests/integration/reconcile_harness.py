@@ -17,9 +17,9 @@ from devstack.lambda_context import LambdaContext
 from devstack.sqs_events import queue_arn, receive_records, sqs_event
 from functions.reconcile import app as reconcile_app
 from functions.submit import app as submit_app
+from kling_pipeline.adapters.dynamodb import JobStore
+from kling_pipeline.contract.record import JobRecord
 from kling_pipeline.kling import BearerKeyAuth, KlingClient, KlingTask
-from kling_pipeline.record import JobRecord
-from kling_pipeline.store import JobStore
 from tests.integration.webhook_harness import wait_until
 
 API_KEY = "test-key"

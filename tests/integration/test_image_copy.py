@@ -12,9 +12,9 @@ import pytest
 
 from devstack.aws_resources import AwsResources
 from devstack.imagegen import image_bytes, jpeg_bytes, padded_png
-from kling_pipeline.image_copy import PART_SIZE, ImageCopier, ImageCopyError
+from kling_pipeline.adapters.image_copy import PART_SIZE, ImageCopier, ImageCopyError
+from kling_pipeline.adapters.url_guard import GuardedHttp, UrlGuard
 from kling_pipeline.kling import KlingImage, KlingTask
-from kling_pipeline.url_guard import GuardedHttp, UrlGuard
 
 Route = tuple[bytes, bool]  # body, send Content-Length
 

@@ -22,11 +22,11 @@ from devstack.s3_events import encode_event_key, notify_queue, object_created_ev
 from devstack.sqs_events import lambda_record, queue_arn, receive_messages, sqs_event
 from functions.ingest import app as ingest_app
 from functions.submit import app as submit_app
-from kling_pipeline.images import MAX_IMAGE_BYTES
-from kling_pipeline.record import JobRecord
-from kling_pipeline.status import JobStatus
-from kling_pipeline.store import JobStore
-from kling_pipeline.upload_rules import MAX_MANIFEST_BYTES
+from kling_pipeline.adapters.dynamodb import JobStore
+from kling_pipeline.contract.images import MAX_IMAGE_BYTES
+from kling_pipeline.contract.record import JobRecord
+from kling_pipeline.contract.status import JobStatus
+from kling_pipeline.ingest.rules import MAX_MANIFEST_BYTES
 
 PROMPT = "a red fox in fresh snow, morning light"
 

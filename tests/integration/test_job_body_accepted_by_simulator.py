@@ -11,7 +11,7 @@ import pytest
 from hypothesis import event, given, settings
 
 from devstack.kling_simulator import KlingSimulator, SimulatorConfig
-from kling_pipeline.job import parse_job
+from kling_pipeline.contract.job import parse_job
 from kling_pipeline.kling import BearerKeyAuth, KlingClient, KlingPermanentError
 from tests.strategies import valid_jobs
 

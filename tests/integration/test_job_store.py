@@ -8,9 +8,9 @@ import boto3
 import pytest
 
 from devstack.aws_resources import AwsResources
-from kling_pipeline.record import JobRecord
-from kling_pipeline.status import JobStatus
-from kling_pipeline.store import JobStore
+from kling_pipeline.adapters.dynamodb import JobStore
+from kling_pipeline.contract.record import JobRecord
+from kling_pipeline.contract.status import JobStatus
 
 
 @pytest.fixture

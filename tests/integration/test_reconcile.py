@@ -23,12 +23,12 @@ from devstack.moto_server import MotoServer
 from functions.reconcile import app as reconcile_app
 from functions.submit import app as submit_app
 from functions.webhook import app as webhook_app
-from kling_pipeline.reconcile import Reconciler
-from kling_pipeline.reconcile_policy import iso_timestamp
-from kling_pipeline.record import JobRecord
-from kling_pipeline.status import JobStatus
-from kling_pipeline.store import JobStore
-from kling_pipeline.submit_lease import LEASE_OWNER_ATTRIBUTE, LEASE_UNTIL_ATTRIBUTE, now_millis
+from kling_pipeline.adapters.dynamodb import JobStore
+from kling_pipeline.contract.record import JobRecord
+from kling_pipeline.contract.status import JobStatus
+from kling_pipeline.reconcile.policy import iso_timestamp
+from kling_pipeline.reconcile.reconciler import Reconciler
+from kling_pipeline.submit.lease import LEASE_OWNER_ATTRIBUTE, LEASE_UNTIL_ATTRIBUTE, now_millis
 from tests.integration.reconcile_harness import (
     API_KEY,
     WEBHOOK_SECRET,

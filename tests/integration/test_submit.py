@@ -27,13 +27,13 @@ from devstack.kling_simulator import KlingSimulator, SimulatorConfig
 from devstack.lambda_context import LambdaContext
 from devstack.sqs_events import queue_arn, receive_records, sqs_event
 from functions.submit import app
-from kling_pipeline.images import MAX_IMAGE_BYTES
+from kling_pipeline.adapters.dynamodb import JobStore, from_dynamo
+from kling_pipeline.contract.callback_tokens import callback_token
+from kling_pipeline.contract.images import MAX_IMAGE_BYTES
+from kling_pipeline.contract.record import JobRecord
+from kling_pipeline.contract.status import JobStatus
 from kling_pipeline.kling import BearerKeyAuth, KlingClient
-from kling_pipeline.record import JobRecord
-from kling_pipeline.status import JobStatus
-from kling_pipeline.store import JobStore, from_dynamo
-from kling_pipeline.submit_lease import LEASE_OWNER_ATTRIBUTE, LEASE_UNTIL_ATTRIBUTE, now_millis
-from kling_pipeline.tokens import callback_token
+from kling_pipeline.submit.lease import LEASE_OWNER_ATTRIBUTE, LEASE_UNTIL_ATTRIBUTE, now_millis
 from tests.cases import INVALID_BODY_CASES, INVALID_JOB_CASES, PNG_300, PROMPT, VALID_JOB_EXAMPLES
 
 WEBHOOK_BASE = "https://hooks.example.com/prod"

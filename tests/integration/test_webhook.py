@@ -23,10 +23,10 @@ from devstack.http_api_events import kling_callback_event
 from devstack.kling_simulator import KlingSimulator, SimulatorConfig
 from devstack.moto_server import MotoServer
 from functions.webhook import app as webhook_app
-from kling_pipeline.callback_auth import MAX_CALLBACK_BYTES
-from kling_pipeline.record import JobRecord
-from kling_pipeline.status import JobStatus
-from kling_pipeline.store import JobStore
+from kling_pipeline.adapters.dynamodb import JobStore
+from kling_pipeline.contract.callback_auth import MAX_CALLBACK_BYTES
+from kling_pipeline.contract.record import JobRecord
+from kling_pipeline.contract.status import JobStatus
 from tests.integration.webhook_harness import (
     API_KEY,
     WEBHOOK_SECRET,

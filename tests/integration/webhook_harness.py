@@ -19,11 +19,11 @@ from devstack.lambda_context import LambdaContext
 from devstack.runner.functions import FunctionSpec, LambdaFunction
 from devstack.runner.http_front import HttpApiFront
 from functions.webhook import app as webhook_app
+from kling_pipeline.adapters.dynamodb import JobStore
+from kling_pipeline.contract.callback_tokens import callback_url
+from kling_pipeline.contract.record import JobRecord
+from kling_pipeline.contract.status import JobStatus
 from kling_pipeline.kling import BearerKeyAuth, KlingClient, KlingTask
-from kling_pipeline.record import JobRecord
-from kling_pipeline.status import JobStatus
-from kling_pipeline.store import JobStore
-from kling_pipeline.tokens import callback_url
 
 WEBHOOK_SECRET = "test-webhook-secret"
 API_KEY = "test-key"

@@ -18,9 +18,9 @@ from aws_lambda_powertools.utilities.parser.models import (
 )
 from pydantic import BaseModel, ValidationError
 
-from kling_pipeline.job import parse_job
+from kling_pipeline.contract.callback_tokens import is_valid_callback_token
+from kling_pipeline.contract.job import parse_job
 from kling_pipeline.kling import parse_task
-from kling_pipeline.tokens import is_valid_callback_token
 from tests.template.cfn import EVENTS
 
 MODELS: dict[str, type[BaseModel]] = {

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from kling_pipeline.store import OPEN_JOBS_INDEX, OPEN_SHARD_ATTRIBUTE, TTL_ATTRIBUTE
+from kling_pipeline.adapters.dynamodb import OPEN_JOBS_INDEX, OPEN_SHARD_ATTRIBUTE, TTL_ATTRIBUTE
 from tests.template.cfn import REPO, function_environment, function_property, resources_of_type, walk
 
 FUNCTIONS = {

@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from standardwebhooks import Webhook
 
-from kling_pipeline.callback_auth import (
+from kling_pipeline.contract.callback_auth import (
     MAX_CALLBACK_BYTES,
     CallbackRejectedError,
     authenticate_callback,
@@ -20,7 +20,7 @@ from kling_pipeline.callback_auth import (
     check_signature,
     check_token,
 )
-from kling_pipeline.tokens import callback_token
+from kling_pipeline.contract.callback_tokens import callback_token
 
 SECRET = "unit-webhook-secret"
 WHSEC = "whsec_" + base64.b64encode(b"unit-test-signing-key-0123456789").decode()

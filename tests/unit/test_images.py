@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from devstack.imagegen import image_bytes, jpeg_bytes, padded_png, png_bytes
-from kling_pipeline.images import (
+from kling_pipeline.contract.images import (
     MAX_IMAGE_BYTES,
     ImageInfo,
     ImageRuleError,

@@ -7,10 +7,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from devstack.imagegen import png_bytes
-from kling_pipeline.ingest import Ingestor, ObjectRef, StoredObject
-from kling_pipeline.record import JobRecord
-from kling_pipeline.upload_events import UploadedObject
-from kling_pipeline.upload_rules import MAX_MANIFEST_BYTES, UploadStatus
+from kling_pipeline.contract.record import JobRecord
+from kling_pipeline.ingest.events import UploadedObject
+from kling_pipeline.ingest.ingestor import Ingestor, ObjectRef, StoredObject
+from kling_pipeline.ingest.rules import MAX_MANIFEST_BYTES, UploadStatus
 
 BUCKET = "kp-input"
 

@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given
 
 from devstack.imagegen import padded_png, png_bytes
-from kling_pipeline.errors import InvalidJobError
-from kling_pipeline.job import KLING_FIELDS, Job, parse_job
+from kling_pipeline.contract.errors import InvalidJobError
+from kling_pipeline.contract.job import KLING_FIELDS, Job, parse_job
 from tests.cases import (
     BIG_ELEMENT_ID,
     INVALID_BODY_CASES,

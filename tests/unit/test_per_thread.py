@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-from kling_pipeline.per_thread import PerThread
+from kling_pipeline.runtime.per_thread import PerThread
 
 
 def test_each_thread_builds_its_own_object_once() -> None:

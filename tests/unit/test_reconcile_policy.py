@@ -8,8 +8,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kling_pipeline.errors import JobError
-from kling_pipeline.reconcile_policy import (
+from kling_pipeline.contract.errors import JobError
+from kling_pipeline.contract.record import JobRecord
+from kling_pipeline.contract.settings import ConfigurationError
+from kling_pipeline.contract.status import JobStatus
+from kling_pipeline.reconcile.policy import (
     ReconcileOptions,
     Step,
     duration,
@@ -20,9 +23,6 @@ from kling_pipeline.reconcile_policy import (
     quiet_for,
     timed_out_error,
 )
-from kling_pipeline.record import JobRecord
-from kling_pipeline.settings import ConfigurationError
-from kling_pipeline.status import JobStatus
 
 NOW = datetime(2026, 11, 28, 12, 0, 0, tzinfo=UTC)
 OPTIONS = ReconcileOptions()  # 300 s grace, 600 s stale, 24 h max age

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kling_pipeline.retry_policy import MAX_VISIBILITY_SECONDS, RetryPolicy
+from kling_pipeline.submit.retry_policy import MAX_VISIBILITY_SECONDS, RetryPolicy
 
 
 def fixed(value: float) -> RetryPolicy:

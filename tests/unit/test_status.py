@@ -2,7 +2,7 @@
 
 import pytest
 
-from kling_pipeline.status import KLING_STATUS_TO_JOB_STATUS, JobStatus
+from kling_pipeline.contract.status import KLING_STATUS_TO_JOB_STATUS, JobStatus
 
 ORDER = [JobStatus.PENDING, JobStatus.SUBMITTED, JobStatus.PROCESSING, JobStatus.COPYING, JobStatus.SUCCEEDED]
 

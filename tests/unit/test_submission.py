@@ -8,13 +8,14 @@ from typing import Any
 
 import pytest
 
-from kling_pipeline.errors import JobError
-from kling_pipeline.job import S3Location
+from kling_pipeline.contract.errors import JobError
+from kling_pipeline.contract.job import S3Location
+from kling_pipeline.contract.record import JobRecord
+from kling_pipeline.contract.status import JobStatus
 from kling_pipeline.kling import KlingPermanentError, KlingRetryableError, KlingTask
-from kling_pipeline.record import JobRecord
-from kling_pipeline.retry_policy import RetryPolicy
-from kling_pipeline.status import JobStatus
-from kling_pipeline.submission import (
+from kling_pipeline.submit.lease import LEASE_OWNER_ATTRIBUTE, LEASE_UNTIL_ATTRIBUTE, Lease
+from kling_pipeline.submit.retry_policy import RetryPolicy
+from kling_pipeline.submit.submission import (
     ImageUnavailableError,
     OutcomeKind,
     QueuedJob,
@@ -22,7 +23,6 @@ from kling_pipeline.submission import (
     kling_job_error,
     readable_job_id,
 )
-from kling_pipeline.submit_lease import LEASE_OWNER_ATTRIBUTE, LEASE_UNTIL_ATTRIBUTE, Lease
 
 NOW = 1_800_000_000_000
 

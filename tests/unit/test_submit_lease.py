@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from kling_pipeline.record import JobRecord
-from kling_pipeline.status import JobStatus
-from kling_pipeline.submit_lease import LEASE_OWNER_ATTRIBUTE, LEASE_UNTIL_ATTRIBUTE, Lease
+from kling_pipeline.contract.record import JobRecord
+from kling_pipeline.contract.status import JobStatus
+from kling_pipeline.submit.lease import LEASE_OWNER_ATTRIBUTE, LEASE_UNTIL_ATTRIBUTE, Lease
 
 
 def test_a_lease_lasts_the_holders_remaining_time_plus_the_skew_margin() -> None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from kling_pipeline.settings import ConfigurationError
-from kling_pipeline.submit_service import SubmitOptions
+from kling_pipeline.contract.settings import ConfigurationError
+from kling_pipeline.runtime.submit import SubmitOptions
 
 
 def test_defaults() -> None:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from kling_pipeline.contract.record import JobRecord
+from kling_pipeline.contract.status import JobStatus
 from kling_pipeline.kling import KlingTask
 from kling_pipeline.progress import task_mismatch
-from kling_pipeline.record import JobRecord
-from kling_pipeline.status import JobStatus
 
 
 def _task(task_id: str = "t-1", external: str | None = "job-1") -> KlingTask:

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kling_pipeline.upload_metadata import decode_metadata_value, job_fields_from_metadata, metadata_name
+from kling_pipeline.ingest.metadata import decode_metadata_value, job_fields_from_metadata, metadata_name
 
 
 def b_word(text: str) -> str:

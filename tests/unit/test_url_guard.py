@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kling_pipeline.url_guard import (
+from kling_pipeline.adapters.url_guard import (
     FetchError,
     GuardedHttp,
     UrlGuard,

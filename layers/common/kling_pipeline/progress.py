@@ -12,12 +12,12 @@ from typing import Any, Protocol
 
 from aws_lambda_powertools import Logger
 
-from kling_pipeline.errors import JobError
-from kling_pipeline.image_copy import CopyResult, ImageCopyError
+from kling_pipeline.adapters.dynamodb import JobStore
+from kling_pipeline.adapters.image_copy import CopyResult, ImageCopyError
+from kling_pipeline.contract.errors import JobError
+from kling_pipeline.contract.record import JobRecord
+from kling_pipeline.contract.status import KLING_STATUS_TO_JOB_STATUS, JobStatus
 from kling_pipeline.kling import KlingError, KlingTask
-from kling_pipeline.record import JobRecord
-from kling_pipeline.status import KLING_STATUS_TO_JOB_STATUS, JobStatus
-from kling_pipeline.store import JobStore
 
 KLING_TASK_FAILED = "kling_task_failed"
 COPY_ERROR = "copy_error"

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from kling_pipeline.record import JobRecord
+from kling_pipeline.contract.record import JobRecord
 
 LEASE_OWNER_ATTRIBUTE = "submit_lease_owner"
 LEASE_UNTIL_ATTRIBUTE = "submit_lease_until"  # Unix milliseconds

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from kling_pipeline.tokens import is_valid_callback_token
+from kling_pipeline.contract.callback_tokens import is_valid_callback_token
 
 MAX_CALLBACK_BYTES = 256 * 1024
 SIGNATURE_TOLERANCE_SECONDS = 5 * 60  # enforced by the standardwebhooks library

@@ -15,10 +15,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from kling_pipeline.errors import JobError
-from kling_pipeline.record import JobRecord
-from kling_pipeline.settings import ConfigurationError
-from kling_pipeline.status import JobStatus
+from kling_pipeline.contract.errors import JobError
+from kling_pipeline.contract.record import JobRecord
+from kling_pipeline.contract.settings import ConfigurationError
+from kling_pipeline.contract.status import JobStatus
 
 TIMED_OUT = "timed_out"
 RESULT_URL_EXPIRED = "result_url_expired"

@@ -19,15 +19,16 @@ from aws_lambda_powertools import Logger
 from botocore.config import Config
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from kling_pipeline.credentials import kling_client, webhook_secret
-from kling_pipeline.events import JobEventPublisher
-from kling_pipeline.per_thread import PerThread
-from kling_pipeline.retry_policy import MAX_VISIBILITY_SECONDS, RetryPolicy
-from kling_pipeline.settings import ConfigurationError, Settings
-from kling_pipeline.store import JobStore, dynamodb_resource
-from kling_pipeline.submission import Outcome, QueuedJob, Submission
-from kling_pipeline.submit_adapters import MAX_PRESIGNED_SECONDS, DynamoSubmitLeases, S3ImageUrls, SqsVisibility
-from kling_pipeline.tokens import callback_url
+from kling_pipeline.adapters.dynamodb import DynamoSubmitLeases, JobStore, dynamodb_resource
+from kling_pipeline.adapters.eventbridge import JobEventPublisher
+from kling_pipeline.adapters.s3 import MAX_PRESIGNED_SECONDS, S3ImageUrls
+from kling_pipeline.adapters.sqs import SqsVisibility
+from kling_pipeline.contract.callback_tokens import callback_url
+from kling_pipeline.contract.settings import ConfigurationError, Settings
+from kling_pipeline.runtime.credentials import kling_client, webhook_secret
+from kling_pipeline.runtime.per_thread import PerThread
+from kling_pipeline.submit.retry_policy import MAX_VISIBILITY_SECONDS, RetryPolicy
+from kling_pipeline.submit.submission import Outcome, QueuedJob, Submission
 
 logger = Logger(child=True)
 

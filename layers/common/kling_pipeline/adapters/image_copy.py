@@ -18,12 +18,12 @@ from urllib.parse import quote
 
 import urllib3
 
-from kling_pipeline.errors import JobError
-from kling_pipeline.images import detect_image_format
+from kling_pipeline.adapters.url_guard import FetchError, GuardedHttp, UrlNotAllowedError
+from kling_pipeline.contract.errors import JobError
+from kling_pipeline.contract.images import detect_image_format
+from kling_pipeline.contract.record import StoredImage
+from kling_pipeline.contract.settings import ConfigurationError
 from kling_pipeline.kling import KlingTask
-from kling_pipeline.record import StoredImage
-from kling_pipeline.settings import ConfigurationError
-from kling_pipeline.url_guard import FetchError, GuardedHttp, UrlNotAllowedError
 
 DEFAULT_MAX_IMAGE_BYTES = 50 * 1024 * 1024
 PART_SIZE = 5 * 1024 * 1024  # S3's minimum part size (except the last part)

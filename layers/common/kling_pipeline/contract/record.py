@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from kling_pipeline.status import JobStatus
+from kling_pipeline.contract.status import JobStatus
 
 
 def utc_now_iso() -> str:

@@ -22,13 +22,13 @@ from typing import Any, Literal, Protocol
 from aws_lambda_powertools import Logger
 from pydantic import TypeAdapter, ValidationError
 
-from kling_pipeline.errors import InvalidJobError, JobError
-from kling_pipeline.job import Job, JobId, S3Location, parse_job
+from kling_pipeline.contract.errors import InvalidJobError, JobError
+from kling_pipeline.contract.job import Job, JobId, S3Location, parse_job
+from kling_pipeline.contract.record import JobRecord
+from kling_pipeline.contract.status import JobStatus
 from kling_pipeline.kling import KlingError, KlingPermanentError, KlingRetryableError, KlingTask
-from kling_pipeline.record import JobRecord
-from kling_pipeline.retry_policy import RetryPolicy
-from kling_pipeline.status import JobStatus
-from kling_pipeline.submit_lease import LEASE_ATTRIBUTES, Lease, now_millis
+from kling_pipeline.submit.lease import LEASE_ATTRIBUTES, Lease, now_millis
+from kling_pipeline.submit.retry_policy import RetryPolicy
 
 # Kling's answer to a second create with the same external_task_id (1201, "invalid parameter"): look it up.
 DUPLICATE_EXTERNAL_ID_CODES = frozenset({1201})

@@ -24,12 +24,14 @@ from typing import Any, Protocol
 
 from aws_lambda_powertools import Logger
 
-from kling_pipeline.dead_letters import DeadLetterOutcome, DeadLetterSweeper
-from kling_pipeline.errors import JobError
+from kling_pipeline.adapters.dynamodb import JobStore
+from kling_pipeline.contract.errors import JobError
+from kling_pipeline.contract.record import JobRecord
+from kling_pipeline.contract.status import JobStatus
 from kling_pipeline.kling import KlingError, KlingTask
-from kling_pipeline.per_thread import PerThread
 from kling_pipeline.progress import COPY_ATTEMPTS, COPY_ERROR, JobProgress, Outcome, ProgressResult, TaskMismatchError
-from kling_pipeline.reconcile_policy import (
+from kling_pipeline.reconcile.dead_letters import DeadLetterOutcome, DeadLetterSweeper
+from kling_pipeline.reconcile.policy import (
     ReconcileOptions,
     Step,
     expired_result_url,
@@ -39,10 +41,8 @@ from kling_pipeline.reconcile_policy import (
     open_jobs_cutoff,
     timed_out_error,
 )
-from kling_pipeline.record import JobRecord
-from kling_pipeline.status import JobStatus
-from kling_pipeline.store import JobStore
-from kling_pipeline.submit_lease import Lease
+from kling_pipeline.runtime.per_thread import PerThread
+from kling_pipeline.submit.lease import Lease
 
 RECONCILED_AT = "reconciled_at"
 

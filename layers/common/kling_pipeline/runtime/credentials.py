@@ -6,8 +6,8 @@ import json
 
 from aws_lambda_powertools.utilities import parameters
 
+from kling_pipeline.contract.settings import ConfigurationError, Settings
 from kling_pipeline.kling import BearerKeyAuth, JwtAuth, KlingAuth, KlingClient
-from kling_pipeline.settings import ConfigurationError, Settings
 
 SECRET_CACHE_SECONDS = 300
 

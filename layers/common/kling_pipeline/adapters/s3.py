@@ -9,7 +9,11 @@ import boto3
 from aws_lambda_powertools import Logger
 from botocore.exceptions import ClientError
 
-from kling_pipeline.ingest import ObjectRef, StoredObject
+from kling_pipeline.contract.errors import JobError
+from kling_pipeline.contract.images import ImageRuleError, check_image_size
+from kling_pipeline.contract.job import S3Location
+from kling_pipeline.ingest.ingestor import ObjectRef, StoredObject
+from kling_pipeline.submit.submission import ImageUnavailableError
 
 logger = Logger(child=True)
 
@@ -78,3 +82,41 @@ def _version_args(ref: ObjectRef, *, guard: bool) -> dict[str, Any]:
 
 def _is_gone(exc: ClientError) -> bool:
     return str(exc.response.get("Error", {}).get("Code")) in _GONE
+
+
+MAX_PRESIGNED_SECONDS = 7 * 24 * 3600  # SigV4's limit
+
+
+_NOT_FOUND = frozenset({"404", "NoSuchKey", "NotFound", "NoSuchBucket"})
+
+
+class S3ImageUrls:
+    """A presigned GET URL for a job's image_s3, made at submit time so a queue backlog cannot expire it."""
+
+    def __init__(self, s3_client: Any, expires_in: int) -> None:
+        if not 1 <= expires_in <= MAX_PRESIGNED_SECONDS:
+            raise ValueError(f"expires_in: must be between 1 and {MAX_PRESIGNED_SECONDS} seconds (got {expires_in})")
+        self._s3 = s3_client
+        self._expires_in = expires_in
+
+    def url_for(self, location: S3Location) -> str:
+        where = f"s3://{location.bucket}/{location.key}"
+        try:
+            head = self._s3.head_object(Bucket=location.bucket, Key=location.key)
+        except ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code"))
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if code in _NOT_FOUND or status == 404:
+                raise ImageUnavailableError(JobError("image_not_found", f"image_s3: {where} does not exist")) from exc
+            if status == 403:
+                message = f"image_s3: {where} cannot be read by the pipeline (access denied)"
+                raise ImageUnavailableError(JobError("image_not_readable", message)) from exc
+            raise
+        try:
+            check_image_size(int(head["ContentLength"]))
+        except ImageRuleError as exc:
+            raise ImageUnavailableError(JobError("invalid_job", f"image_s3: {exc} ({where})")) from exc
+        url: str = self._s3.generate_presigned_url(
+            "get_object", Params={"Bucket": location.bucket, "Key": location.key}, ExpiresIn=self._expires_in
+        )
+        return url

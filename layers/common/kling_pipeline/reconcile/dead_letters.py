@@ -23,20 +23,17 @@ from typing import Any, Literal, Protocol
 
 from aws_lambda_powertools import Logger
 
-from kling_pipeline.errors import InvalidJobError, JobError
-from kling_pipeline.job import parse_job
-from kling_pipeline.job_queue import dead_letter_queue_url
+from kling_pipeline.adapters.dynamodb import JobStore
+from kling_pipeline.contract.errors import InvalidJobError, JobError
+from kling_pipeline.contract.job import parse_job
+from kling_pipeline.contract.record import JobRecord
+from kling_pipeline.contract.status import JobStatus
 from kling_pipeline.kling import KlingError, KlingTask
 from kling_pipeline.progress import COPY_ERROR, JobProgress, TaskMismatchError
-from kling_pipeline.record import JobRecord
-from kling_pipeline.status import JobStatus
-from kling_pipeline.store import JobStore
-from kling_pipeline.submission import readable_job_id
+from kling_pipeline.submit.submission import readable_job_id
 
 DEAD_LETTERED = "dead_lettered"
 SQS_BATCH = 10  # ReceiveMessage / DeleteMessageBatch maximum
-# Received but not handled (an error): hidden this long, so the next scheduled run sees it again.
-RETRY_VISIBILITY_SECONDS = 120
 LOGGED_BODY_CHARACTERS = 2000
 
 logger = Logger(child=True)
@@ -194,70 +191,3 @@ def loggable_body(body: str) -> str:
         value["image"] = f"<{len(value['image'])} characters>"
         body = json.dumps(value, ensure_ascii=False)
     return body if len(body) <= LOGGED_BODY_CHARACTERS else body[:LOGGED_BODY_CHARACTERS] + "..."
-
-
-class SqsDeadLetterQueue:
-    """The jobs DLQ through a boto3 SQS client (thread-safe).
-
-    Its URL is JOBS_DLQ_URL when given, else the redrive target of JOBS_QUEUE_URL, read on first use (and
-    again after a failed read): the contract's variables alone are enough to sweep it.
-    """
-
-    def __init__(
-        self,
-        sqs: Any,
-        queue_url: str | None,
-        *,
-        jobs_queue_url: str | None = None,
-        retry_visibility_seconds: int = RETRY_VISIBILITY_SECONDS,
-    ) -> None:
-        self._sqs = sqs
-        self._url = queue_url
-        self._jobs_queue_url = jobs_queue_url
-        self._resolved = queue_url is not None
-        self._visibility = retry_visibility_seconds
-
-    @property
-    def url(self) -> str | None:
-        """The DLQ's URL; None when there is none to sweep (no JOBS_DLQ_URL, and the jobs queue has no DLQ)."""
-        if not self._resolved and self._jobs_queue_url is not None:
-            self._url = dead_letter_queue_url(self._sqs, self._jobs_queue_url)
-            self._resolved = True
-            if self._url is None:
-                logger.warning("the jobs queue has no dead-letter queue: nothing to sweep")
-        return self._url
-
-    def receive(self, max_messages: int) -> list[DeadLetter]:
-        url = self.url
-        if url is None:
-            return []
-        # Short polling: an empty DLQ (the usual case) costs no wait; a message it misses is seen next run.
-        response = self._sqs.receive_message(
-            QueueUrl=url,
-            MaxNumberOfMessages=max(1, min(SQS_BATCH, max_messages)),
-            WaitTimeSeconds=0,
-            VisibilityTimeout=self._visibility,
-            MessageSystemAttributeNames=["ApproximateReceiveCount"],
-            MessageAttributeNames=["source"],
-        )
-        return [_dead_letter(message) for message in response.get("Messages", [])]
-
-    def delete(self, letters: Sequence[DeadLetter]) -> None:
-        for start in range(0, len(letters), SQS_BATCH):
-            batch = letters[start : start + SQS_BATCH]
-            entries = [{"Id": str(i), "ReceiptHandle": letter.receipt_handle} for i, letter in enumerate(batch)]
-            response = self._sqs.delete_message_batch(QueueUrl=self.url, Entries=entries)
-            for failure in response.get("Failed", []):
-                # The job is settled; a message that survives is settled again, harmlessly, next run.
-                logger.warning("could not delete a dead letter", extra={"failure": failure})
-
-
-def _dead_letter(message: dict[str, Any]) -> DeadLetter:
-    source = message.get("MessageAttributes", {}).get("source", {}).get("StringValue")
-    return DeadLetter(
-        message_id=message["MessageId"],
-        receipt_handle=message["ReceiptHandle"],
-        body=message.get("Body", ""),
-        receive_count=int(message.get("Attributes", {}).get("ApproximateReceiveCount", "1")),
-        source="s3" if source == "s3" else "sqs",
-    )

@@ -7,7 +7,7 @@ import re
 from enum import StrEnum
 from typing import Any
 
-from kling_pipeline.job_problems import describe_value
+from kling_pipeline.contract.job_problems import describe_value
 
 UPLOADS_PREFIX = "uploads/"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")

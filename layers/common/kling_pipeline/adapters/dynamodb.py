@@ -14,8 +14,9 @@ import boto3
 from aws_lambda_powertools import Logger
 from botocore.exceptions import ClientError
 
-from kling_pipeline.record import JobRecord, utc_now_iso
-from kling_pipeline.status import JobStatus
+from kling_pipeline.contract.record import JobRecord, utc_now_iso
+from kling_pipeline.contract.status import JobStatus
+from kling_pipeline.submit.lease import LEASE_OWNER_ATTRIBUTE, LEASE_UNTIL_ATTRIBUTE, Lease, now_millis
 
 logger = Logger(child=True)
 
@@ -256,3 +257,49 @@ def _is_missing_index(exc: ClientError) -> bool:
     error = exc.response.get("Error", {})
     code, message = error.get("Code"), str(error.get("Message", "")).lower()
     return code in ("ValidationException", "ResourceNotFoundException") and "index" in message
+
+
+_LEASE_NAMES = {"#owner": LEASE_OWNER_ATTRIBUTE, "#until": LEASE_UNTIL_ATTRIBUTE}
+
+
+class DynamoSubmitLeases:
+    """Takes and releases the submit lease on a job record with conditional updates."""
+
+    def __init__(self, table_name: str, dynamodb_client: Any) -> None:
+        self._table = table_name
+        self._client = dynamodb_client
+
+    def take(self, job_id: str, lease: Lease) -> bool:
+        return self._update(
+            job_id,
+            "SET #owner = :owner, #until = :until",
+            "#status = :pending AND (attribute_not_exists(#until) OR #until < :now)",
+            {"#status": "status", **_LEASE_NAMES},
+            {
+                ":owner": {"S": lease.owner},
+                ":until": {"N": str(lease.until_ms)},
+                ":pending": {"S": JobStatus.PENDING.value},
+                ":now": {"N": str(now_millis())},
+            },
+        )
+
+    def release(self, job_id: str, owner: str) -> None:
+        self._update(job_id, "REMOVE #owner, #until", "#owner = :owner", _LEASE_NAMES, {":owner": {"S": owner}})
+
+    def _update(
+        self, job_id: str, expression: str, condition: str, names: dict[str, str], values: dict[str, Any]
+    ) -> bool:
+        try:
+            self._client.update_item(
+                TableName=self._table,
+                Key={"job_id": {"S": job_id}},
+                UpdateExpression=expression,
+                ConditionExpression=f"attribute_exists(job_id) AND {condition}",
+                ExpressionAttributeNames=names,
+                ExpressionAttributeValues=values,
+            )
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
+                return False
+            raise
+        return True

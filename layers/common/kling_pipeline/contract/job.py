@@ -24,9 +24,9 @@ from urllib.parse import urlsplit
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import PydanticCustomError
 
-from kling_pipeline.errors import InvalidJobError
-from kling_pipeline.images import ImageRuleError, inspect_image
-from kling_pipeline.job_problems import describe_value, job_problems
+from kling_pipeline.contract.errors import InvalidJobError
+from kling_pipeline.contract.images import ImageRuleError, inspect_image
+from kling_pipeline.contract.job_problems import describe_value, job_problems
 
 DEFAULT_MODEL_NAME = "kling-v3"
 MAX_PROMPT_CHARS = 2500

@@ -16,14 +16,14 @@ from typing import Any, Protocol
 
 from pydantic import ConfigDict, TypeAdapter, ValidationError
 
-from kling_pipeline.errors import InvalidJobError
-from kling_pipeline.images import ImageRuleError, check_image_size, inspect_image
-from kling_pipeline.job import Job, JobId, parse_job
-from kling_pipeline.record import JobRecord, RecordError
-from kling_pipeline.status import JobStatus
-from kling_pipeline.upload_events import UploadedObject
-from kling_pipeline.upload_metadata import job_fields_from_metadata
-from kling_pipeline.upload_rules import (
+from kling_pipeline.contract.errors import InvalidJobError
+from kling_pipeline.contract.images import ImageRuleError, check_image_size, inspect_image
+from kling_pipeline.contract.job import Job, JobId, parse_job
+from kling_pipeline.contract.record import JobRecord, RecordError
+from kling_pipeline.contract.status import JobStatus
+from kling_pipeline.ingest.events import UploadedObject
+from kling_pipeline.ingest.metadata import job_fields_from_metadata
+from kling_pipeline.ingest.rules import (
     JOB_ID_TAG,
     MAX_MANIFEST_BYTES,
     REASON_TAG,

@@ -8,8 +8,8 @@ from typing import Any
 import boto3
 from aws_lambda_powertools import Logger
 
-from kling_pipeline.record import JobRecord
-from kling_pipeline.status import JobStatus
+from kling_pipeline.contract.record import JobRecord
+from kling_pipeline.contract.status import JobStatus
 
 EVENT_SOURCE = "kling-pipeline"
 DETAIL_TYPES = {JobStatus.SUCCEEDED: "Job Succeeded", JobStatus.FAILED: "Job Failed"}

@@ -1,0 +1,141 @@
+"""The jobs queue (SQS): a job goes on it as its JSON body, where it came from as the `source` attribute."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import boto3
+from aws_lambda_powertools import Logger
+from botocore.exceptions import ClientError
+
+from kling_pipeline.reconcile.dead_letters import SQS_BATCH, DeadLetter
+
+logger = Logger(child=True)
+
+SOURCE_ATTRIBUTE = "source"
+
+
+class SqsJobQueue:
+    """Sends contract jobs to JOBS_QUEUE_URL; the body stays a pure job, provenance rides in an attribute."""
+
+    def __init__(self, queue_url: str, *, sqs: Any | None = None) -> None:
+        self.queue_url = queue_url
+        self.client = sqs or boto3.client("sqs")
+
+    def enqueue(self, job: Mapping[str, Any], *, source: str) -> str:
+        """Queue `job`; returns the SQS message id."""
+        response = self.client.send_message(
+            QueueUrl=self.queue_url,
+            MessageBody=json.dumps(job, ensure_ascii=False, separators=(",", ":")),
+            MessageAttributes={SOURCE_ATTRIBUTE: {"DataType": "String", "StringValue": source}},
+        )
+        return str(response["MessageId"])
+
+
+def queue_url_from_arn(queue_arn: str) -> str:
+    """`arn:<partition>:sqs:<region>:<account>:<name>` -> the queue's URL, without calling sqs:GetQueueUrl
+    (the event source role does not grant it). The SQS API accepts this URL form at any endpoint."""
+    _, partition, _, region, account, name = queue_arn.split(":", 5)
+    suffix = "amazonaws.com.cn" if partition == "aws-cn" else "amazonaws.com"
+    return f"https://sqs.{region}.{suffix}/{account}/{name}"
+
+
+def dead_letter_queue_url(sqs: Any, queue_url: str) -> str | None:
+    """The URL of the queue's redrive target (its DLQ), or None when it has no redrive policy."""
+    attributes = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["RedrivePolicy"]).get("Attributes", {})
+    policy = attributes.get("RedrivePolicy")
+    if not policy:
+        return None
+    target = json.loads(policy).get("deadLetterTargetArn")
+    return queue_url_from_arn(target) if isinstance(target, str) and target else None
+
+
+class SqsVisibility:
+    """Hides a received message for a while: the delay before its next delivery."""
+
+    def __init__(self, sqs_client: Any) -> None:
+        self._sqs = sqs_client
+
+    def postpone(self, queue_arn: str, receipt_handle: str, seconds: int) -> bool:
+        """False when SQS refused (e.g. the message was deleted meanwhile); the queue's own timeout then applies."""
+        try:
+            self._sqs.change_message_visibility(
+                QueueUrl=queue_url_from_arn(queue_arn), ReceiptHandle=receipt_handle, VisibilityTimeout=seconds
+            )
+        except ClientError as exc:
+            logger.warning("could not delay the message's next delivery: %s", exc)
+            return False
+        return True
+
+
+# Received but not handled (an error): hidden this long, so the next scheduled run sees it again.
+RETRY_VISIBILITY_SECONDS = 120
+
+
+class SqsDeadLetterQueue:
+    """The jobs DLQ through a boto3 SQS client (thread-safe).
+
+    Its URL is JOBS_DLQ_URL when given, else the redrive target of JOBS_QUEUE_URL, read on first use (and
+    again after a failed read): the contract's variables alone are enough to sweep it.
+    """
+
+    def __init__(
+        self,
+        sqs: Any,
+        queue_url: str | None,
+        *,
+        jobs_queue_url: str | None = None,
+        retry_visibility_seconds: int = RETRY_VISIBILITY_SECONDS,
+    ) -> None:
+        self._sqs = sqs
+        self._url = queue_url
+        self._jobs_queue_url = jobs_queue_url
+        self._resolved = queue_url is not None
+        self._visibility = retry_visibility_seconds
+
+    @property
+    def url(self) -> str | None:
+        """The DLQ's URL; None when there is none to sweep (no JOBS_DLQ_URL, and the jobs queue has no DLQ)."""
+        if not self._resolved and self._jobs_queue_url is not None:
+            self._url = dead_letter_queue_url(self._sqs, self._jobs_queue_url)
+            self._resolved = True
+            if self._url is None:
+                logger.warning("the jobs queue has no dead-letter queue: nothing to sweep")
+        return self._url
+
+    def receive(self, max_messages: int) -> list[DeadLetter]:
+        url = self.url
+        if url is None:
+            return []
+        # Short polling: an empty DLQ (the usual case) costs no wait; a message it misses is seen next run.
+        response = self._sqs.receive_message(
+            QueueUrl=url,
+            MaxNumberOfMessages=max(1, min(SQS_BATCH, max_messages)),
+            WaitTimeSeconds=0,
+            VisibilityTimeout=self._visibility,
+            MessageSystemAttributeNames=["ApproximateReceiveCount"],
+            MessageAttributeNames=["source"],
+        )
+        return [_dead_letter(message) for message in response.get("Messages", [])]
+
+    def delete(self, letters: Sequence[DeadLetter]) -> None:
+        for start in range(0, len(letters), SQS_BATCH):
+            batch = letters[start : start + SQS_BATCH]
+            entries = [{"Id": str(i), "ReceiptHandle": letter.receipt_handle} for i, letter in enumerate(batch)]
+            response = self._sqs.delete_message_batch(QueueUrl=self.url, Entries=entries)
+            for failure in response.get("Failed", []):
+                # The job is settled; a message that survives is settled again, harmlessly, next run.
+                logger.warning("could not delete a dead letter", extra={"failure": failure})
+
+
+def _dead_letter(message: dict[str, Any]) -> DeadLetter:
+    source = message.get("MessageAttributes", {}).get("source", {}).get("StringValue")
+    return DeadLetter(
+        message_id=message["MessageId"],
+        receipt_handle=message["ReceiptHandle"],
+        body=message.get("Body", ""),
+        receive_count=int(message.get("Attributes", {}).get("ApproximateReceiveCount", "1")),
+        source="s3" if source == "s3" else "sqs",
+    )
