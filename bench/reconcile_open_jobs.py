@@ -23,10 +23,11 @@ from devstack.lambda_context import LambdaContext
 from devstack.moto_server import MotoServer
 from devstack.runner.scheduler import scheduled_event
 from functions.reconcile import app
-from kling_pipeline.adapters.dynamodb import JobStore
+from kling_pipeline.adapters.dynamodb import DynamoJobRecords
 from kling_pipeline.contract.record import JobRecord
 from kling_pipeline.contract.status import JobStatus
-from kling_pipeline.kling import BearerKeyAuth, KlingClient
+from kling_pipeline.kling.auth import BearerKeyAuth
+from kling_pipeline.kling.client import KlingClient
 
 JOBS = 100
 LATENCY_MS = 50
@@ -79,7 +80,7 @@ def _measure(moto: MotoServer, scenario: str, concurrency: int) -> tuple[float, 
         "RECONCILE_STALE_SECONDS": "0",
         "RECONCILE_CONCURRENCY": str(concurrency),
     }
-    app.wiring.cache_clear()
+    app.runtime.cache_clear()
     with environment_set(env):
         try:
             _SETUP[scenario](resources.table, sim)
@@ -90,14 +91,14 @@ def _measure(moto: MotoServer, scenario: str, concurrency: int) -> tuple[float, 
             )
             return time.perf_counter() - started, summary
         finally:
-            app.wiring().reconciler.close()
-            app.wiring.cache_clear()
+            app.runtime().reconciler.close()
+            app.runtime.cache_clear()
             sim.stop()
 
 
 def _jobs_with_tasks(final_status: str, job_status: JobStatus) -> Callable[[str, KlingSimulator], None]:
     def setup(table: str, sim: KlingSimulator) -> None:
-        store = JobStore(table)
+        store = DynamoJobRecords(table)
         with KlingClient(sim.base_url, BearerKeyAuth(API_KEY)) as kling:
             for i in range(JOBS):
                 job_id = f"bench-{i:03d}"
@@ -111,7 +112,7 @@ def _jobs_with_tasks(final_status: str, job_status: JobStatus) -> Callable[[str,
 
 
 def _pending_jobs(table: str, sim: KlingSimulator) -> None:
-    store = JobStore(table)
+    store = DynamoJobRecords(table)
     for i in range(JOBS):
         store.create(JobRecord(job_id=f"bench-{i:03d}", status=JobStatus.PENDING))
 

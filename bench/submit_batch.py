@@ -30,7 +30,7 @@ from devstack.lambda_context import LambdaContext
 from devstack.moto_server import MotoServer
 from devstack.sqs_events import queue_arn, receive_records, sqs_event
 from functions.submit import app
-from kling_pipeline.adapters.dynamodb import JobStore
+from kling_pipeline.adapters.dynamodb import DynamoJobRecords
 from kling_pipeline.contract.status import JobStatus
 
 JOBS_PER_BATCH = 10
@@ -92,11 +92,11 @@ def _measure(moto: MotoServer, concurrency: int, notes: list[str]) -> list[float
     }
     sqs = boto3.client("sqs")
     arn = queue_arn(resources.queue_url, sqs=sqs)
-    store = JobStore(resources.table)
+    store = DynamoJobRecords(resources.table)
     sim.set_faults(latency_ms=LATENCY_MS)
     timings: list[float] = []
     with environment_set(env):
-        app.submit_service.cache_clear()
+        app.runtime.cache_clear()
         try:
             for batch in range(BATCHES):
                 job_ids = [f"bench-c{concurrency}-b{batch}-{i}" for i in range(JOBS_PER_BATCH)]
@@ -115,9 +115,9 @@ def _measure(moto: MotoServer, concurrency: int, notes: list[str]) -> list[float
                     if status != JobStatus.SUBMITTED.value or creates != 1:
                         notes.append(f"FAIL: concurrency {concurrency}, {job_id}: {status}, {creates} create(s)")
         finally:
-            if app.submit_service.cache_info().currsize:
-                app.submit_service().close()
-            app.submit_service.cache_clear()
+            if app.runtime.cache_info().currsize:
+                app.runtime().close()
+            app.runtime.cache_clear()
             sim.stop()
     return timings
 

@@ -42,11 +42,12 @@ def run() -> Table:
     from devstack.aws_resources import create_resources
     from devstack.kling_simulator import KlingSimulator, SimulatorConfig
     from devstack.moto_server import MotoServer
-    from kling_pipeline.adapters.dynamodb import JobStore
+    from kling_pipeline.adapters.dynamodb import DynamoJobRecords
     from kling_pipeline.contract.callback_tokens import callback_url
     from kling_pipeline.contract.record import JobRecord
     from kling_pipeline.contract.status import JobStatus
-    from kling_pipeline.kling import BearerKeyAuth, KlingClient
+    from kling_pipeline.kling.auth import BearerKeyAuth
+    from kling_pipeline.kling.client import KlingClient
 
     moto = MotoServer().start()
     moto.apply_environment(os.environ)
@@ -56,7 +57,7 @@ def run() -> Table:
     results: dict[str, dict[str, Any]] = {}
     try:
         resources = create_resources("bench")
-        store = JobStore(resources.table)
+        store = DynamoJobRecords(resources.table)
         env = {
             **os.environ,
             **resources.environment(),
@@ -177,7 +178,7 @@ def _child() -> None:
     peak = max(_rss("VmHWM"), sampled) if reset else sampled
     if answer.get("outcome") != "succeeded":
         raise RuntimeError(f"copy did not succeed: {answer}")
-    record = webhook_app.wiring().store.get(f"bench-{spec['mode']}")
+    record = webhook_app.runtime().records.get(f"bench-{spec['mode']}")
     assert record is not None and record.images is not None
     print(
         json.dumps(
@@ -199,11 +200,12 @@ def _install_naive_copier(webhook_app: Any) -> None:
     import boto3
     import requests
 
-    from kling_pipeline.adapters.image_copy import CopyResult
     from kling_pipeline.contract.record import StoredImage
-    from kling_pipeline.progress import JobProgress
+    from kling_pipeline.contract.settings import WebhookEnvironment
+    from kling_pipeline.ports import CopyResult
+    from kling_pipeline.runtime.environment import load_environment
+    from kling_pipeline.runtime.webhook import WebhookRuntime
 
-    wired = webhook_app.wiring()
     s3 = boto3.client("s3")
     bucket = os.environ["IMAGES_BUCKET"]
 
@@ -219,9 +221,8 @@ def _install_naive_copier(webhook_app: Any) -> None:
                 images = list(pool.map(copy, task.images))
             return CopyResult(images, len(images), sum(image.size for image in images))
 
-    progress = JobProgress(wired.store, wired.progress._kling, NaiveCopier())
-    replaced = type(wired)(wired.secret, wired.kling_webhook_secret, wired.store, progress)
-    webhook_app.wiring = lambda: replaced
+    replaced = WebhookRuntime(load_environment(WebhookEnvironment), copier=NaiveCopier())
+    webhook_app.runtime = lambda: replaced
 
 
 def _rss(field: str) -> int:

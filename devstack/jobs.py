@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from devstack.target import Target
-from kling_pipeline.adapters.dynamodb import JobStore, from_dynamo
+from kling_pipeline.adapters.dynamodb import DynamoJobRecords, from_dynamo
 from kling_pipeline.contract.record import JobRecord
 
 UPLOADS_PREFIX = "uploads/"
@@ -73,8 +73,8 @@ class Jobs:
         return self._dynamodb.Table(self.target.table)
 
     @cached_property
-    def _store(self) -> JobStore:
-        return JobStore(self.target.table, dynamodb=self._dynamodb)
+    def _store(self) -> DynamoJobRecords:
+        return DynamoJobRecords(self.target.table, self.target.client("dynamodb"))
 
     def submit(self, job: Mapping[str, Any]) -> str:
         """Enqueue a job; its id is `job_id` when given, else the SQS message id (as the pipeline defaults)."""

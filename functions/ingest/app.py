@@ -9,21 +9,16 @@ the same job id.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
 from typing import Any
 
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from kling_pipeline.adapters.dynamodb import JobStore
-from kling_pipeline.adapters.eventbridge import JobEventPublisher
-from kling_pipeline.adapters.s3 import S3UploadBucket
-from kling_pipeline.adapters.sqs import SqsJobQueue
-from kling_pipeline.contract.settings import Settings
 from kling_pipeline.ingest.events import Delivery, parse_upload_event
 from kling_pipeline.ingest.ingestor import Ingestor, IngestResult
 from kling_pipeline.ingest.rules import UploadStatus
+from kling_pipeline.runtime.ingest import IngestRuntime
 from kling_pipeline.runtime.telemetry import function_metrics
 
 logger = Logger(service="ingest")
@@ -41,30 +36,17 @@ class IngestFailedError(RuntimeError):
     """Some uploads of a direct S3 event could not be handled; raising makes Lambda retry the event."""
 
 
-@dataclass(frozen=True)
-class Wiring:
-    ingestor: Ingestor
-    bucket: S3UploadBucket
-    queue: SqsJobQueue
-
-
 @functools.cache
-def wiring() -> Wiring:
-    """Built once per container from the validated environment."""
-    settings = Settings.from_env(require=("jobs_table", "jobs_queue_url", "input_bucket"))
-    assert settings.jobs_table and settings.jobs_queue_url and settings.input_bucket
-    store = JobStore(settings.jobs_table, on_final=JobEventPublisher(settings.event_bus_name, settings.images_bucket))
-    bucket = S3UploadBucket()
-    queue = SqsJobQueue(settings.jobs_queue_url)
-    ingestor = Ingestor(input_bucket=settings.input_bucket, bucket=bucket, queue=queue, records=store)
-    return Wiring(ingestor, bucket, queue)
+def runtime() -> IngestRuntime:
+    """Built, and the environment validated, on a container's first invocation (tests: `.cache_clear()`)."""
+    return IngestRuntime.from_env()
 
 
 @logger.inject_lambda_context(clear_state=True)
 @metrics.log_metrics(raise_on_empty_metrics=False)
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     parsed = parse_upload_event(event)
-    ingestor = wiring().ingestor
+    ingestor = runtime().ingestor
     results: list[IngestResult] = []
     failed: list[Delivery] = []
     for delivery in parsed.deliveries:

@@ -1,4 +1,4 @@
-"""Submit: each job on the jobs queue becomes exactly one Kling task (logic: kling_pipeline.submission).
+"""Submit: each job on the jobs queue becomes exactly one Kling task (logic: kling_pipeline/submit/).
 
 SQS batches of up to 10 records are submitted concurrently (Kling's latency dominates); the response lists
 the records to deliver again (`ReportBatchItemFailures`), after the delay the submission chose.
@@ -18,7 +18,7 @@ from aws_lambda_powertools.utilities.batch.types import PartialItemFailureRespon
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from kling_pipeline.runtime.submit import SubmitService
+from kling_pipeline.runtime.submit import SubmitRuntime
 from kling_pipeline.runtime.telemetry import function_metrics
 from kling_pipeline.submit.submission import OutcomeKind, QueuedJob
 
@@ -42,9 +42,9 @@ class RedeliverError(Exception):
 
 
 @cache
-def submit_service() -> SubmitService:
+def runtime() -> SubmitRuntime:
     """Built, and the environment validated, on a container's first invocation (tests: `.cache_clear()`)."""
-    return SubmitService.from_env()
+    return SubmitRuntime.from_env()
 
 
 def queued_job(record: SQSRecord, lease_seconds: float) -> QueuedJob:
@@ -61,7 +61,7 @@ def queued_job(record: SQSRecord, lease_seconds: float) -> QueuedJob:
 @logger.inject_lambda_context(clear_state=True)
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> PartialItemFailureResponse:
-    service = submit_service()
+    service = runtime()
     # A record's lease lasts as long as this invocation can: no other delivery takes the job over before.
     lease_seconds = max(1.0, context.get_remaining_time_in_millis() / 1000)
 

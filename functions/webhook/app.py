@@ -1,9 +1,9 @@
 """Webhook: Kling's task callbacks (`POST /callbacks/kling/{job_id}?token=...`) become job state and images.
 
-Checks run in a fixed order and each answers with its own status: size 413, token/signature 401, unknown job
-404, not a task 400, another task 409. An accepted callback answers 200 quickly, also when the image copy
-failed: the job then stays `copying` with `copy_error` and the reconciler (or Kling's next callback) finishes
-it, so Kling has no reason to retry.
+Parse the API Gateway event -> CallbackReceiver.receive (kling_pipeline/webhook/) -> the HTTP answer. Each
+refusal answers with its own status (413, 401, 404, 400, 409). An accepted callback answers 200 quickly, also
+when the image copy failed: the job then stays `copying` with `copy_error` and the reconciler (or Kling's next
+callback) finishes it, so Kling has no reason to retry.
 """
 
 from __future__ import annotations
@@ -13,25 +13,20 @@ import binascii
 import functools
 import json
 import time
-from dataclasses import dataclass
 from typing import Any
 
-import boto3
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response, content_types
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from kling_pipeline.adapters.dynamodb import JobStore
-from kling_pipeline.adapters.eventbridge import JobEventPublisher
-from kling_pipeline.adapters.image_copy import ImageCopier, max_image_bytes_from_env
-from kling_pipeline.adapters.url_guard import GuardedHttp, UrlGuard
-from kling_pipeline.contract.callback_auth import CallbackRejectedError, authenticate_callback
-from kling_pipeline.contract.settings import Settings
-from kling_pipeline.kling import KlingTask, NotATaskError, parse_task
-from kling_pipeline.progress import JobProgress, Outcome, ProgressResult, TaskMismatchError
-from kling_pipeline.runtime.credentials import kling_client, webhook_secret
+from kling_pipeline.contract.callback_auth import CallbackRejectedError
+from kling_pipeline.contract.callback_tokens import CALLBACK_PATH
+from kling_pipeline.contract.errors import ErrorCode, JobError
+from kling_pipeline.progress import Outcome, ProgressResult
 from kling_pipeline.runtime.telemetry import function_metrics
+from kling_pipeline.runtime.webhook import WebhookRuntime
+from kling_pipeline.webhook.callbacks import Callback
 
 # API Gateway gives up after 30 s; stop copying well before, so the job's copy_error is still recorded.
 COPY_BUDGET_SECONDS = 20.0
@@ -43,56 +38,25 @@ metrics = function_metrics()
 app = APIGatewayHttpResolver()
 
 
-@dataclass(frozen=True)
-class Wiring:
-    """Everything the handler needs, built once per container from the validated environment."""
-
-    secret: str
-    kling_webhook_secret: str | None
-    store: JobStore
-    progress: JobProgress
-
-
 @functools.cache
-def wiring() -> Wiring:
-    settings = Settings.from_env(require=("jobs_table", "images_bucket", "kling_api_base_url"))
-    assert settings.jobs_table is not None and settings.images_bucket is not None
-    publisher = JobEventPublisher(settings.event_bus_name, settings.images_bucket)
-    store = JobStore(settings.jobs_table, on_final=publisher)
-    copier = ImageCopier(
-        GuardedHttp(UrlGuard(settings.image_host_allowlist)),
-        boto3.client("s3"),
-        settings.images_bucket,
-        max_image_bytes=max_image_bytes_from_env(),
-    )
-    progress = JobProgress(store, kling_client(settings), copier)
-    return Wiring(webhook_secret(settings), settings.kling_webhook_secret, store, progress)
+def runtime() -> WebhookRuntime:
+    """Built, and the environment validated, on a container's first invocation (tests: `.cache_clear()`)."""
+    return WebhookRuntime.from_env()
 
 
-@app.post("/callbacks/kling/<job_id>")
+@app.post(CALLBACK_PATH.replace("{job_id}", "<job_id>"))  # Powertools' route syntax
 def kling_callback(job_id: str) -> Response[str]:
     logger.append_keys(job_id=job_id)
     event = app.current_event
-    wired = wiring()
+    receiver = runtime().receiver
     try:
-        body = _raw_body(event.get("body"), bool(event.get("isBase64Encoded")))
-        authenticate_callback(
+        callback = Callback(
             job_id,
             token=event.get_query_string_value("token"),
-            body=body,
+            body=_raw_body(event.get("body"), bool(event.get("isBase64Encoded"))),
             headers=event.headers,
-            webhook_secret=wired.secret,
-            kling_webhook_secret=wired.kling_webhook_secret,
         )
-        job = wired.store.get(job_id)
-        if job is None:
-            raise CallbackRejectedError(404, "unknown_job", f"job_id: no job {job_id}")
-        task = _parse(body)
-        logger.append_keys(kling_task_id=task.task_id, kling_status=task.task_status)
-        try:
-            result = wired.progress.apply(job, task, deadline=_copy_deadline(app.lambda_context))
-        except TaskMismatchError as exc:
-            raise CallbackRejectedError(409, "wrong_task", str(exc)) from None
+        result = receiver.receive(callback, deadline=_copy_deadline(app.lambda_context))
     except CallbackRejectedError as rejection:
         return _rejected(rejection)
     return _accepted(result)
@@ -103,7 +67,8 @@ def _unexpected(exc: Exception) -> Response[str]:
     # for a transient failure (DynamoDB, Kling's query API) before anything was recorded.
     logger.exception("callback failed unexpectedly")
     metrics.add_metric(name="CallbackErrors", unit=MetricUnit.Count, value=1)
-    return _json(500, {"error": {"code": "internal_error", "message": "internal error; the callback may be retried"}})
+    error = JobError(code=ErrorCode.INTERNAL_ERROR, message="internal error; the callback may be retried")
+    return _json(500, {"error": error.as_dict()})
 
 
 app.exception_handler(Exception)(_unexpected)
@@ -133,7 +98,7 @@ def _accepted(result: ProgressResult) -> Response[str]:
 def _rejected(rejection: CallbackRejectedError) -> Response[str]:
     metrics.add_metric(name="CallbacksRejected", unit=MetricUnit.Count, value=1)
     logger.warning("callback rejected", extra={"status_code": rejection.status, "reason": rejection.reason})
-    return _json(rejection.status, {"error": {"code": rejection.code, "message": rejection.reason}})
+    return _json(rejection.status, {"error": rejection.error.as_dict()})
 
 
 def _json(status: int, payload: dict[str, Any]) -> Response[str]:
@@ -148,18 +113,7 @@ def _raw_body(body: str | None, is_base64: bool) -> bytes:
     try:
         return base64.b64decode(body, validate=True)
     except (binascii.Error, ValueError):
-        raise CallbackRejectedError(400, "invalid_body", "body: invalid base64 encoding") from None
-
-
-def _parse(body: bytes) -> KlingTask:
-    try:
-        payload = json.loads(body)
-    except (ValueError, RecursionError):  # RecursionError: absurdly nested JSON
-        raise CallbackRejectedError(400, "invalid_body", "body: must be JSON") from None
-    try:
-        return parse_task(payload)
-    except NotATaskError as exc:
-        raise CallbackRejectedError(400, "not_a_task", str(exc)[:300]) from None
+        raise CallbackRejectedError(400, ErrorCode.INVALID_BODY, "body: invalid base64 encoding") from None
 
 
 def _copy_deadline(context: LambdaContext | None) -> float:

@@ -10,8 +10,9 @@ from click.testing import CliRunner
 
 from devstack.aws_resources import AwsResources
 from devstack.cli import cli
-from kling_pipeline.adapters.dynamodb import JobStore
-from kling_pipeline.contract.record import JobRecord, RecordError
+from kling_pipeline.adapters.dynamodb import DynamoJobRecords
+from kling_pipeline.contract.errors import JobError
+from kling_pipeline.contract.record import JobRecord
 from kling_pipeline.contract.status import JobStatus
 
 
@@ -62,8 +63,8 @@ def test_submit_to_a_deployed_stack_puts_the_job_on_its_queue(aws: AwsResources)
 
 def test_list_and_status_read_a_deployed_stacks_table(aws: AwsResources) -> None:
     boto3.client("cloudformation").create_stack(StackName="kling-dev", TemplateBody=_template(_outputs(aws)))
-    error = RecordError(code="1301", message="refused by content safety")
-    JobStore(aws.table).create(JobRecord(job_id="deployed-2", status=JobStatus.FAILED, error=error))
+    error = JobError(code="1301", message="refused by content safety")
+    DynamoJobRecords(aws.table).create(JobRecord(job_id="deployed-2", status=JobStatus.FAILED, error=error))
     listed = _klingctl("--stack", "kling-dev", "list")
     assert listed.exit_code == 0, listed.output
     assert "deployed-2" in listed.output and "refused by content safety" in listed.output

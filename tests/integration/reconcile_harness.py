@@ -17,9 +17,11 @@ from devstack.lambda_context import LambdaContext
 from devstack.sqs_events import queue_arn, receive_records, sqs_event
 from functions.reconcile import app as reconcile_app
 from functions.submit import app as submit_app
-from kling_pipeline.adapters.dynamodb import JobStore
+from kling_pipeline.adapters.dynamodb import DynamoJobRecords
 from kling_pipeline.contract.record import JobRecord
-from kling_pipeline.kling import BearerKeyAuth, KlingClient, KlingTask
+from kling_pipeline.kling.auth import BearerKeyAuth
+from kling_pipeline.kling.client import KlingClient
+from kling_pipeline.kling.task import KlingTask
 from tests.integration.webhook_harness import wait_until
 
 API_KEY = "test-key"
@@ -66,8 +68,8 @@ class World:
     events_url: str
 
     @property
-    def store(self) -> JobStore:
-        return JobStore(self.aws.table)
+    def store(self) -> DynamoJobRecords:
+        return DynamoJobRecords(self.aws.table)
 
     # -- the handlers ---------------------------------------------------------------------------------
 

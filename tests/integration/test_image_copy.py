@@ -12,9 +12,10 @@ import pytest
 
 from devstack.aws_resources import AwsResources
 from devstack.imagegen import image_bytes, jpeg_bytes, padded_png
-from kling_pipeline.adapters.image_copy import PART_SIZE, ImageCopier, ImageCopyError
+from kling_pipeline.adapters.image_copy import PART_SIZE, ImageCopier
 from kling_pipeline.adapters.url_guard import GuardedHttp, UrlGuard
-from kling_pipeline.kling import KlingImage, KlingTask
+from kling_pipeline.kling.task import KlingImage, KlingTask
+from kling_pipeline.ports import ImageCopyError
 
 Route = tuple[bytes, bool]  # body, send Content-Length
 

@@ -22,8 +22,8 @@ from devstack.s3_events import encode_event_key, notify_queue, object_created_ev
 from devstack.sqs_events import lambda_record, queue_arn, receive_messages, sqs_event
 from functions.ingest import app as ingest_app
 from functions.submit import app as submit_app
-from kling_pipeline.adapters.dynamodb import JobStore
-from kling_pipeline.contract.images import MAX_IMAGE_BYTES
+from kling_pipeline.adapters.dynamodb import DynamoJobRecords
+from kling_pipeline.contract.images import MAX_INPUT_IMAGE_BYTES
 from kling_pipeline.contract.record import JobRecord
 from kling_pipeline.contract.status import JobStatus
 from kling_pipeline.ingest.rules import MAX_MANIFEST_BYTES
@@ -37,7 +37,7 @@ class Harness:
     s3: Any
     sqs: Any
     dynamodb: Any
-    store: JobStore
+    store: DynamoJobRecords
     get_object_calls: list[str]
 
     def put(self, key: str, body: bytes, metadata: dict[str, str] | None = None, **extra: Any) -> str:
@@ -78,7 +78,7 @@ class Harness:
         return {tag["Key"]: tag["Value"] for tag in tag_set}
 
     def records_count(self) -> int:
-        return int(self.dynamodb.Table(self.aws.table).scan(Select="COUNT")["Count"])
+        return int(self.dynamodb.scan(TableName=self.aws.table, Select="COUNT")["Count"])
 
 
 @dataclass(frozen=True)
@@ -91,15 +91,15 @@ class Clients:
 @pytest.fixture(scope="module")
 def clients(moto_server: MotoServer) -> Iterator[Clients]:
     """boto3 clients shared by the module's tests (building them costs more than most tests)."""
-    ingest_app.wiring.cache_clear()
-    yield Clients(boto3.client("s3"), boto3.client("sqs"), boto3.resource("dynamodb"))
-    ingest_app.wiring.cache_clear()
+    ingest_app.runtime.cache_clear()
+    yield Clients(boto3.client("s3"), boto3.client("sqs"), boto3.client("dynamodb"))
+    ingest_app.runtime.cache_clear()
 
 
 @pytest.fixture
 def harness(aws: AwsResources, clients: Clients) -> Iterator[Harness]:
     # Every test's resources have the same names, so the function's wiring (its cold start) is built once.
-    client = ingest_app.wiring().bucket.client
+    client = ingest_app.runtime().bucket.client
     calls: list[str] = []
 
     def count(params: dict[str, Any], **_: Any) -> None:
@@ -107,7 +107,7 @@ def harness(aws: AwsResources, clients: Clients) -> Iterator[Harness]:
 
     # Counts every GetObject the function makes: proves an oversized upload is refused without a download.
     client.meta.events.register("provide-client-params.s3.GetObject", count)
-    store = JobStore(aws.table, dynamodb=clients.dynamodb)
+    store = DynamoJobRecords(aws.table, clients.dynamodb)
     yield Harness(aws, clients.s3, clients.sqs, clients.dynamodb, store, calls)
     client.meta.events.unregister("provide-client-params.s3.GetObject", count)
 
@@ -172,15 +172,15 @@ def test_image_past_the_limits_is_rejected(harness: Harness, width: int, height:
 
 
 def test_ten_megabytes_is_queued(harness: Harness) -> None:
-    key = harness.put_image("uploads/ten-mb.png", padded_png(300, 300, MAX_IMAGE_BYTES))
+    key = harness.put_image("uploads/ten-mb.png", padded_png(300, 300, MAX_INPUT_IMAGE_BYTES))
     assert_queued(harness, harness.ingest(key), key)
     assert harness.get_object_calls == [key]
 
 
 def test_one_byte_more_is_rejected_without_a_download(harness: Harness) -> None:
-    key = harness.put_image("uploads/too-big.png", padded_png(300, 300, MAX_IMAGE_BYTES + 1))
+    key = harness.put_image("uploads/too-big.png", padded_png(300, 300, MAX_INPUT_IMAGE_BYTES + 1))
     assert_rejected(
-        harness, harness.ingest(key), key, f"image: must be at most 10485760 bytes (got {MAX_IMAGE_BYTES + 1})"
+        harness, harness.ingest(key), key, f"image: must be at most 10485760 bytes (got {MAX_INPUT_IMAGE_BYTES + 1})"
     )
     assert harness.get_object_calls == []
 
@@ -510,10 +510,10 @@ def submit_env(aws: AwsResources, kling_sim: KlingSimulator, monkeypatch: pytest
     monkeypatch.delenv("KLING_API_PATH_PREFIX", raising=False)
     monkeypatch.setenv("WEBHOOK_BASE_URL", "https://hooks.example.com/prod")
     monkeypatch.setenv("WEBHOOK_SECRET", "callback-secret")
-    submit_app.submit_service.cache_clear()
+    submit_app.runtime.cache_clear()
     yield
-    submit_app.submit_service().close()
-    submit_app.submit_service.cache_clear()
+    submit_app.runtime().close()
+    submit_app.runtime.cache_clear()
 
 
 def run_submit_on_everything_queued(harness: Harness, *, max_rounds: int = 5) -> None:

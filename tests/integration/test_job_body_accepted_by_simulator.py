@@ -12,7 +12,9 @@ from hypothesis import event, given, settings
 
 from devstack.kling_simulator import KlingSimulator, SimulatorConfig
 from kling_pipeline.contract.job import parse_job
-from kling_pipeline.kling import BearerKeyAuth, KlingClient, KlingPermanentError
+from kling_pipeline.kling.auth import BearerKeyAuth
+from kling_pipeline.kling.client import KlingClient
+from kling_pipeline.kling.errors import KlingPermanentError
 from tests.strategies import valid_jobs
 
 API_KEY = "test-key"

@@ -1,4 +1,4 @@
-"""JobStore against DynamoDB on moto's server: conditional, forward-only writes."""
+"""DynamoJobRecords against DynamoDB on moto's server: conditional, forward-only writes."""
 
 from __future__ import annotations
 
@@ -8,21 +8,21 @@ import boto3
 import pytest
 
 from devstack.aws_resources import AwsResources
-from kling_pipeline.adapters.dynamodb import JobStore
+from kling_pipeline.adapters.dynamodb import DynamoJobRecords
 from kling_pipeline.contract.record import JobRecord
 from kling_pipeline.contract.status import JobStatus
 
 
 @pytest.fixture
-def store(aws: AwsResources) -> JobStore:
-    return JobStore(aws.table)
+def store(aws: AwsResources) -> DynamoJobRecords:
+    return DynamoJobRecords(aws.table)
 
 
 def pending(job_id: str = "job-1", **fields: object) -> JobRecord:
     return JobRecord(job_id=job_id, status=JobStatus.PENDING, **fields)  # type: ignore[arg-type]
 
 
-def test_create_is_conditional(store: JobStore) -> None:
+def test_create_is_conditional(store: DynamoJobRecords) -> None:
     assert store.create(pending())
     assert not store.create(pending())
     record = store.get("job-1")
@@ -30,7 +30,7 @@ def test_create_is_conditional(store: JobStore) -> None:
     assert record.status is JobStatus.PENDING
 
 
-def test_concurrent_creates_let_exactly_one_win(store: JobStore) -> None:
+def test_concurrent_creates_let_exactly_one_win(store: DynamoJobRecords) -> None:
     results: list[bool] = []
     threads = [threading.Thread(target=lambda: results.append(store.create(pending()))) for _ in range(5)]
     for thread in threads:
@@ -40,12 +40,12 @@ def test_concurrent_creates_let_exactly_one_win(store: JobStore) -> None:
     assert sorted(results) == [False, False, False, False, True]
 
 
-def test_unknown_job_is_none(store: JobStore) -> None:
+def test_unknown_job_is_none(store: DynamoJobRecords) -> None:
     assert store.get("nope") is None
     assert store.advance("nope", JobStatus.SUBMITTED) is None
 
 
-def test_exact_big_integers_and_floats_survive(store: JobStore) -> None:
+def test_exact_big_integers_and_floats_survive(store: DynamoJobRecords) -> None:
     request = {"element_list": [{"element_id": 829836802793406551}], "image_fidelity": 0.35, "n": 4}
     store.create(pending(request=request))
     record = store.get("job-1")
@@ -53,7 +53,7 @@ def test_exact_big_integers_and_floats_survive(store: JobStore) -> None:
     assert record.request == request
 
 
-def test_moves_forward_and_never_back(store: JobStore) -> None:
+def test_moves_forward_and_never_back(store: DynamoJobRecords) -> None:
     store.create(pending())
     assert store.advance("job-1", JobStatus.SUBMITTED, changes={"kling_task_id": "t1"}) is not None
     assert store.advance("job-1", JobStatus.PROCESSING) is not None
@@ -66,7 +66,7 @@ def test_moves_forward_and_never_back(store: JobStore) -> None:
 
 
 @pytest.mark.parametrize("final", [JobStatus.SUCCEEDED, JobStatus.FAILED])
-def test_final_status_never_changes(store: JobStore, final: JobStatus) -> None:
+def test_final_status_never_changes(store: DynamoJobRecords, final: JobStatus) -> None:
     store.create(pending())
     assert store.advance("job-1", final) is not None
     for target in JobStatus:
@@ -76,28 +76,28 @@ def test_final_status_never_changes(store: JobStore, final: JobStatus) -> None:
     assert record.status is final
 
 
-def test_stale_kling_report_is_ignored(store: JobStore) -> None:
+def test_stale_kling_report_is_ignored(store: DynamoJobRecords) -> None:
     store.create(pending())
     assert store.advance("job-1", JobStatus.PROCESSING, kling_updated_at=2000) is not None
     assert store.advance("job-1", JobStatus.COPYING, kling_updated_at=1999) is None
     assert store.advance("job-1", JobStatus.COPYING, kling_updated_at=2000) is not None
 
 
-def test_callback_for_another_task_does_not_move_the_job(store: JobStore) -> None:
+def test_callback_for_another_task_does_not_move_the_job(store: DynamoJobRecords) -> None:
     store.create(pending(kling_task_id="t1"))
     assert store.advance("job-1", JobStatus.PROCESSING, expected_task_id="t2") is None
     assert store.advance("job-1", JobStatus.PROCESSING, expected_task_id="t1") is not None
 
 
-def test_update_open_requires_the_expected_status(store: JobStore) -> None:
+def test_update_open_requires_the_expected_status(store: DynamoJobRecords) -> None:
     store.create(pending())
-    assert store.update_open("job-1", expected_status=JobStatus.SUBMITTED, changes={"x": 1}) is None
-    updated = store.update_open("job-1", expected_status=JobStatus.PENDING, changes={"attempts": 2})
+    assert store.update_open("job-1", expected_status=JobStatus.SUBMITTED, changes={"copy_attempts": 1}) is None
+    updated = store.update_open("job-1", expected_status=JobStatus.PENDING, changes={"copy_attempts": 2})
     assert updated is not None
-    assert updated.model_extra == {"attempts": 2}
+    assert updated.copy_attempts == 2
 
 
-def test_open_jobs_lists_only_non_final_jobs(store: JobStore) -> None:
+def test_open_jobs_lists_only_non_final_jobs(store: DynamoJobRecords) -> None:
     for i in range(6):
         store.create(pending(f"job-{i}"))
     store.advance("job-0", JobStatus.SUCCEEDED)
@@ -117,7 +117,7 @@ def test_a_table_made_from_the_contract_alone_is_scanned_for_open_jobs(aws: AwsR
         AttributeDefinitions=[{"AttributeName": "job_id", "AttributeType": "S"}],
         BillingMode="PAY_PER_REQUEST",
     )
-    store = JobStore("contract-only-jobs")
+    store = DynamoJobRecords("contract-only-jobs")
     for i in range(4):
         store.create(pending(f"job-{i}"))
     store.advance("job-0", JobStatus.SUCCEEDED)
@@ -129,7 +129,7 @@ def test_a_table_made_from_the_contract_alone_is_scanned_for_open_jobs(aws: AwsR
 
 def test_on_final_fires_once_for_the_writer_that_finished_the_job(aws: AwsResources) -> None:
     finished: list[str] = []
-    store = JobStore(aws.table, on_final=lambda record: finished.append(f"{record.job_id}:{record.status}"))
+    store = DynamoJobRecords(aws.table, on_final=lambda record: finished.append(f"{record.job_id}:{record.status}"))
     store.create(pending("a"))
     store.advance("a", JobStatus.PROCESSING)
     assert finished == []

@@ -13,15 +13,10 @@ import pytest
 import requests
 
 from devstack.kling_simulator import KlingSimulator, SimulatorConfig
-from kling_pipeline.kling import (
-    BearerKeyAuth,
-    JwtAuth,
-    KlingClient,
-    KlingPermanentError,
-    KlingRetryableError,
-    KlingTask,
-)
-from kling_pipeline.kling.errors import KlingAuthExpiredError
+from kling_pipeline.kling.auth import BearerKeyAuth, JwtAuth
+from kling_pipeline.kling.client import KlingClient
+from kling_pipeline.kling.errors import KlingAuthExpiredError, KlingPermanentError, KlingRetryableError
+from kling_pipeline.kling.task import KlingTask
 
 API_KEY = "test-key"
 ACCESS_KEY = "ak-sim"

@@ -260,24 +260,26 @@ def token(secret: str = SK, iss: str = AK, exp_in: int = 1800, nbf_in: int = -5)
     return jwt.encode({"iss": iss, "exp": now + exp_in, "nbf": now + nbf_in}, secret, algorithm="HS256")
 
 
+# Header factories, not headers: a token is made when its test runs, so its `nbf`/`exp` are relative to that
+# moment however long the suite has been running (made at collection, "not yet valid" expired after a minute).
 @pytest.mark.parametrize(
     ("headers", "code"),
     [
-        ({}, 1001),
-        ({"Authorization": "Basic abc"}, 1002),
-        ({"Authorization": "Bearer wrong-key"}, 1000),
-        ({"Authorization": f"Bearer {token(secret='x' * 32)}"}, 1000),
-        ({"Authorization": f"Bearer {token(iss='someone-else')}"}, 1000),
-        ({"Authorization": f"Bearer {token(exp_in=-1, nbf_in=-100)}"}, 1004),
-        ({"Authorization": f"Bearer {token(nbf_in=60)}"}, 1003),
+        (dict, 1001),
+        (lambda: {"Authorization": "Basic abc"}, 1002),
+        (lambda: {"Authorization": "Bearer wrong-key"}, 1000),
+        (lambda: {"Authorization": f"Bearer {token(secret='x' * 32)}"}, 1000),
+        (lambda: {"Authorization": f"Bearer {token(iss='someone-else')}"}, 1000),
+        (lambda: {"Authorization": f"Bearer {token(exp_in=-1, nbf_in=-100)}"}, 1004),
+        (lambda: {"Authorization": f"Bearer {token(nbf_in=60)}"}, 1003),
     ],
     ids=["missing", "not-bearer", "wrong-key", "wrong-secret", "wrong-iss", "expired", "not-yet-valid"],
 )
 def test_auth_failures_are_401_with_kling_codes(
-    start_sim: Callable[..., KlingSimulator], headers: dict[str, str], code: int
+    start_sim: Callable[..., KlingSimulator], headers: Callable[[], dict[str, str]], code: int
 ) -> None:
     sim = start_sim(access_key=AK, secret_key=SK)
-    response = create(sim, headers=headers)
+    response = create(sim, headers=headers())
     assert response.status_code == 401
     assert response.json()["code"] == code
     assert get(sim, "anything").status_code == 404  # the real key still works for every call

@@ -23,12 +23,11 @@ from devstack.moto_server import MotoServer
 from functions.reconcile import app as reconcile_app
 from functions.submit import app as submit_app
 from functions.webhook import app as webhook_app
-from kling_pipeline.adapters.dynamodb import JobStore
-from kling_pipeline.contract.record import JobRecord
+from kling_pipeline.adapters.dynamodb import DynamoJobRecords
+from kling_pipeline.contract.clock import iso_timestamp, now_millis
+from kling_pipeline.contract.record import LEASE_OWNER, LEASE_UNTIL, JobRecord
 from kling_pipeline.contract.status import JobStatus
-from kling_pipeline.reconcile.policy import iso_timestamp
 from kling_pipeline.reconcile.reconciler import Reconciler
-from kling_pipeline.submit.lease import LEASE_OWNER_ATTRIBUTE, LEASE_UNTIL_ATTRIBUTE, now_millis
 from tests.integration.reconcile_harness import (
     API_KEY,
     WEBHOOK_SECRET,
@@ -100,13 +99,13 @@ def world(
 
 
 def _clear_handler_caches() -> None:
-    if reconcile_app.wiring.cache_info().currsize:
-        reconcile_app.wiring().reconciler.close()
-    reconcile_app.wiring.cache_clear()
-    if submit_app.submit_service.cache_info().currsize:
-        submit_app.submit_service().close()
-    submit_app.submit_service.cache_clear()
-    webhook_app.wiring.cache_clear()
+    if reconcile_app.runtime.cache_info().currsize:
+        reconcile_app.runtime().reconciler.close()
+    reconcile_app.runtime.cache_clear()
+    if submit_app.runtime.cache_info().currsize:
+        submit_app.runtime().close()
+    submit_app.runtime.cache_clear()
+    webhook_app.runtime.cache_clear()
 
 
 def _empty(resources: AwsResources, events_url: str) -> None:
@@ -214,7 +213,7 @@ def test_a_copy_that_fails_twice_is_finished_by_the_reconciler_and_each_image_is
     world.send_jobs(_job("flaky-copy"))
     assert world.submit_queued(1) == set()
     # The succeed callback reaches the webhook, whose copy fails: the job waits in `copying`.
-    wait_until(lambda: (world.record("flaky-copy").model_extra or {}).get("copy_attempts") == 1, message="copy 1")
+    wait_until(lambda: world.record("flaky-copy").copy_attempts == 1, message="copy 1")
     assert world.record("flaky-copy").status is JobStatus.COPYING
 
     first = world.reconcile()
@@ -225,9 +224,8 @@ def test_a_copy_that_fails_twice_is_finished_by_the_reconciler_and_each_image_is
 
     record = world.record("flaky-copy")
     assert record.status is JobStatus.SUCCEEDED
-    extra = record.model_extra or {}
-    assert extra["copy_attempts"] == 3
-    assert "copy_error" not in extra
+    assert record.copy_attempts == 3
+    assert record.copy_error is None
     assert world.versions() == Counter({"flaky-copy/0.png": 1})  # one object, written once
     assert world.sim.image_requests() == 3
     assert [event["detail-type"] for event in world.events()] == ["Job Succeeded"]
@@ -243,7 +241,7 @@ def test_an_expired_result_url_fails_the_job_naming_the_url_after_the_allowed_co
     assert [world.reconcile()["jobs"] for _ in range(2)] == [{"copy_failed": 1}, {"copy_failed": 1}]
     waiting = world.record("expired")
     assert waiting.status is JobStatus.COPYING  # two attempts: one short of RECONCILE_MAX_COPY_ATTEMPTS (3)
-    assert (waiting.model_extra or {})["copy_attempts"] == 2
+    assert waiting.copy_attempts == 2
     assert world.reconcile()["jobs"] == {"expired": 1}
 
     record = world.record("expired")
@@ -272,9 +270,8 @@ def test_a_url_that_fails_but_is_not_gone_keeps_being_retried(world: World, monk
 
     record = world.record("unavailable")
     assert record.status is JobStatus.COPYING
-    extra = record.model_extra or {}
-    assert extra["copy_attempts"] == 2
-    assert "HTTP 503" in extra["copy_error"]["message"]
+    assert record.copy_attempts == 2
+    assert record.copy_error is not None and "HTTP 503" in record.copy_error.message
     assert world.events() == []
 
 
@@ -282,7 +279,7 @@ def test_a_url_that_fails_but_is_not_gone_keeps_being_retried(world: World, monk
 
 
 def test_a_job_whose_message_was_received_max_times_without_deletion_is_failed_with_the_reason(world: World) -> None:
-    JobStore(world.aws.table).create(JobRecord(job_id="stuck", status=JobStatus.PENDING))
+    DynamoJobRecords(world.aws.table).create(JobRecord(job_id="stuck", status=JobStatus.PENDING))
     world.send_jobs(_job("stuck"))
     sqs = boto3.client("sqs")
     for _ in range(MAX_RECEIVES):  # a submit function that crashes every time: never deletes the message
@@ -324,7 +321,7 @@ def test_dead_letters_of_unrecorded_jobs_become_failed_records(world: World) -> 
 
 
 def test_a_dead_lettered_job_that_kling_already_has_is_adopted_not_failed(world: World) -> None:
-    JobStore(world.aws.table).create(JobRecord(job_id="made-it", status=JobStatus.PENDING))
+    DynamoJobRecords(world.aws.table).create(JobRecord(job_id="made-it", status=JobStatus.PENDING))
     task = world.create_task("made-it", n=2)  # an attempt created the task, then died before recording it
     world.wait_for_tasks(["made-it"])
     boto3.client("sqs").send_message(QueueUrl=world.aws.dlq_url, MessageBody=json.dumps(_job("made-it", n=2)))
@@ -367,7 +364,7 @@ def test_a_jobs_queue_without_a_dlq_leaves_nothing_to_sweep(world: World, monkey
 def test_a_dead_letter_of_a_job_already_failed_changes_nothing(world: World) -> None:
     # What submit does when Kling says "later" on the last delivery: fail the job, let SQS dead-letter it.
     error = {"code": 1303, "message": "concurrency over the limit (gave up after 3 attempts)"}
-    quiet_store = JobStore(world.aws.table)  # no on_final: this setup is not an announcement
+    quiet_store = DynamoJobRecords(world.aws.table)  # no on_final: this setup is not an announcement
     quiet_store.create(JobRecord(job_id="gave-up", status=JobStatus.FAILED, error=error))
     before = world.record("gave-up")
     boto3.client("sqs").send_message(QueueUrl=world.aws.dlq_url, MessageBody=json.dumps(_job("gave-up")))
@@ -407,14 +404,14 @@ def test_a_pending_job_kling_does_not_know_is_left_to_the_queue_and_stamped(worl
     after = world.record("not-yet")
     assert after.status is JobStatus.PENDING
     assert after.updated_at > before.updated_at  # to the back of the index: others get their turn first
-    assert (after.model_extra or {})["reconciled_at"] == after.updated_at
+    assert after.reconciled_at == after.updated_at
     assert world.sim.creates_for("not-yet") == 0  # creating tasks stays submit's business
 
 
 def test_a_pending_job_whose_submit_lease_is_live_is_not_looked_up(world: World) -> None:
-    lease: dict[str, Any] = {LEASE_OWNER_ATTRIBUTE: "submit-worker", LEASE_UNTIL_ATTRIBUTE: now_millis() + 60_000}
+    lease: dict[str, Any] = {LEASE_OWNER: "submit-worker", LEASE_UNTIL: now_millis() + 60_000}
     world.store.create(_record("held", JobStatus.PENDING, **lease))
-    expired: dict[str, Any] = {LEASE_OWNER_ATTRIBUTE: "dead-worker", LEASE_UNTIL_ATTRIBUTE: now_millis() - 1}
+    expired: dict[str, Any] = {LEASE_OWNER: "dead-worker", LEASE_UNTIL: now_millis() - 1}
     world.store.create(_record("abandoned", JobStatus.PENDING, **expired))
 
     assert world.reconcile()["jobs"] == {"waiting": 2}
@@ -564,7 +561,7 @@ def test_overlapping_runs_finish_each_job_once_and_write_only_its_own_keys(world
     world.send_jobs(*(_job(job_id, n=n) for job_id, n in jobs.items()))
     assert world.submit_queued(len(jobs)) == set()
     world.wait_for_tasks(list(jobs))
-    containers = [reconcile_app.wiring.__wrapped__() for _ in range(3)]  # three concurrent execution environments
+    containers = [reconcile_app.runtime.__wrapped__() for _ in range(3)]  # three concurrent execution environments
     results: list[dict[str, Any]] = []
     try:
         threads = [threading.Thread(target=_run_into, args=(wired.reconciler, results)) for wired in containers]

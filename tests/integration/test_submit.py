@@ -27,13 +27,14 @@ from devstack.kling_simulator import KlingSimulator, SimulatorConfig
 from devstack.lambda_context import LambdaContext
 from devstack.sqs_events import queue_arn, receive_records, sqs_event
 from functions.submit import app
-from kling_pipeline.adapters.dynamodb import JobStore, from_dynamo
+from kling_pipeline.adapters.dynamodb import DynamoJobRecords, from_dynamo
 from kling_pipeline.contract.callback_tokens import callback_token
-from kling_pipeline.contract.images import MAX_IMAGE_BYTES
-from kling_pipeline.contract.record import JobRecord
+from kling_pipeline.contract.clock import now_millis
+from kling_pipeline.contract.images import MAX_INPUT_IMAGE_BYTES
+from kling_pipeline.contract.record import LEASE_OWNER, LEASE_UNTIL, JobRecord
 from kling_pipeline.contract.status import JobStatus
-from kling_pipeline.kling import BearerKeyAuth, KlingClient
-from kling_pipeline.submit.lease import LEASE_OWNER_ATTRIBUTE, LEASE_UNTIL_ATTRIBUTE, now_millis
+from kling_pipeline.kling.auth import BearerKeyAuth
+from kling_pipeline.kling.client import KlingClient
 from tests.cases import INVALID_BODY_CASES, INVALID_JOB_CASES, PNG_300, PROMPT, VALID_JOB_EXAMPLES
 
 WEBHOOK_BASE = "https://hooks.example.com/prod"
@@ -50,7 +51,7 @@ class SubmitHarness:
         self.sqs = boto3.client("sqs")
         self.queue_url = resources.queue_url
         self.queue_arn = queue_arn(self.queue_url, sqs=self.sqs)
-        self.store = JobStore(resources.table)
+        self.store = DynamoJobRecords(resources.table)
 
     def send(self, job: dict[str, Any] | str, *, source: str | None = None) -> str:
         body = job if isinstance(job, str) else json.dumps(job)
@@ -116,10 +117,10 @@ def submit(aws: AwsResources, kling_sim: KlingSimulator, monkeypatch: pytest.Mon
     monkeypatch.setenv("MAX_RECEIVE_COUNT", str(MAX_RECEIVES))
     monkeypatch.setenv("POWERTOOLS_METRICS_NAMESPACE", "KlingPipelineTest")
     monkeypatch.setenv("POWERTOOLS_SERVICE_NAME", "submit")
-    app.submit_service.cache_clear()
+    app.runtime.cache_clear()
     yield SubmitHarness(aws, kling_sim)
-    app.submit_service().close()
-    app.submit_service.cache_clear()
+    app.runtime().close()
+    app.runtime.cache_clear()
 
 
 def expected_callback(job_id: str) -> str:
@@ -258,7 +259,7 @@ def test_an_image_s3_job_is_sent_as_a_presigned_url(submit: SubmitHarness) -> No
     assert requests.get(url, timeout=10).content == data
 
 
-@pytest.mark.parametrize(("size", "accepted"), [(MAX_IMAGE_BYTES, True), (MAX_IMAGE_BYTES + 1, False)])
+@pytest.mark.parametrize(("size", "accepted"), [(MAX_INPUT_IMAGE_BYTES, True), (MAX_INPUT_IMAGE_BYTES + 1, False)])
 def test_an_image_s3_object_over_10_mb_fails_the_job(submit: SubmitHarness, size: int, accepted: bool) -> None:
     bucket = submit.resources.input_bucket
     boto3.client("s3").put_object(Bucket=bucket, Key="uploads/big.png", Body=padded_png(400, 400, size))
@@ -273,7 +274,7 @@ def test_an_image_s3_object_over_10_mb_fails_the_job(submit: SubmitHarness, size
         assert record.status is JobStatus.FAILED
         assert record.error is not None
         assert record.error.code == "invalid_job"
-        assert f"image_s3: must be at most {MAX_IMAGE_BYTES} bytes (got {size})" in record.error.message
+        assert f"image_s3: must be at most {MAX_INPUT_IMAGE_BYTES} bytes (got {size})" in record.error.message
     assert submit.kling.creates_for("big") == int(accepted)
 
 
@@ -286,7 +287,7 @@ def test_a_missing_image_s3_object_fails_the_job_readably(submit: SubmitHarness)
     record = submit.record("no-image")
     assert record.status is JobStatus.FAILED
     assert record.error is not None
-    assert record.error.model_dump() == {
+    assert record.error.as_dict() == {
         "code": "image_not_found",
         "message": f"image_s3: s3://{bucket}/uploads/gone.png does not exist",
     }
@@ -336,7 +337,7 @@ def test_the_same_message_delivered_three_times_concurrently_makes_one_task(subm
 def test_concurrent_redeliveries_of_an_abandoned_pending_job_make_one_create(submit: SubmitHarness) -> None:
     # An earlier attempt died before reaching Kling. Every redelivery finds `pending` and nothing at Kling;
     # only the lease keeps them from all creating (Kling would refuse the extras with 1201).
-    expired = {LEASE_OWNER_ATTRIBUTE: "dead-worker", LEASE_UNTIL_ATTRIBUTE: now_millis() - 1}
+    expired = {LEASE_OWNER: "dead-worker", LEASE_UNTIL: now_millis() - 1}
     submit.store.create(JobRecord(job_id="abandoned", status=JobStatus.PENDING, **expired))
     submit.kling.set_faults(latency_ms=300)
     submit.send({"job_id": "abandoned", "prompt": PROMPT})
@@ -371,7 +372,7 @@ def test_a_loser_waits_for_the_lease_holder_with_a_short_delay(submit: SubmitHar
         JobRecord(
             job_id="leased",
             status=JobStatus.PENDING,
-            **{LEASE_OWNER_ATTRIBUTE: "someone-else", LEASE_UNTIL_ATTRIBUTE: lease_until},
+            **{LEASE_OWNER: "someone-else", LEASE_UNTIL: lease_until},
         )
     )
     submit.send(job)
@@ -387,7 +388,7 @@ def test_an_expired_lease_of_a_crashed_worker_is_taken_over_and_its_task_adopted
     job = {"job_id": "orphan", "prompt": PROMPT}
     with KlingClient(submit.kling.base_url, BearerKeyAuth("test-key")) as client:
         task = client.create_task({"prompt": PROMPT, "external_task_id": "orphan"})
-    expired = {LEASE_OWNER_ATTRIBUTE: "dead-worker", LEASE_UNTIL_ATTRIBUTE: now_millis() - 1}
+    expired = {LEASE_OWNER: "dead-worker", LEASE_UNTIL: now_millis() - 1}
     submit.store.create(JobRecord(job_id="orphan", status=JobStatus.PENDING, **expired))
     submit.send(job)
 
@@ -397,7 +398,7 @@ def test_an_expired_lease_of_a_crashed_worker_is_taken_over_and_its_task_adopted
     assert record.status is JobStatus.SUBMITTED
     assert record.kling_task_id == task.task_id
     assert submit.kling.creates_for("orphan") == 1  # the dead worker's, no other
-    assert LEASE_OWNER_ATTRIBUTE not in (record.model_extra or {})
+    assert record.submit_lease_owner is None and record.submit_lease_until is None
 
 
 def test_kling_accepting_then_dropping_the_connection_still_makes_one_task(submit: SubmitHarness) -> None:
@@ -420,16 +421,16 @@ def test_kling_accepting_then_dropping_the_connection_still_makes_one_task(submi
 def test_a_crash_between_kling_and_the_record_still_makes_one_task(
     submit: SubmitHarness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    original = JobStore.advance
+    original = DynamoJobRecords.advance
     crashes: list[str] = []
 
-    def advance_crashing_once(self: JobStore, job_id: str, to: JobStatus, **kwargs: Any) -> JobRecord | None:
+    def advance_crashing_once(self: DynamoJobRecords, job_id: str, to: JobStatus, **kwargs: Any) -> JobRecord | None:
         if to is JobStatus.SUBMITTED and not crashes:
             crashes.append(job_id)
             raise RuntimeError("injected: the process died before recording Kling's answer")
         return original(self, job_id, to, **kwargs)
 
-    monkeypatch.setattr(JobStore, "advance", advance_crashing_once)
+    monkeypatch.setattr(DynamoJobRecords, "advance", advance_crashing_once)
     submit.send({"job_id": "crash", "prompt": PROMPT})
     records = submit.receive()
 
@@ -550,7 +551,7 @@ def test_throttling_is_retried_with_growing_delays_then_succeeds(submit: SubmitH
 def test_the_chosen_delay_really_hides_the_message(submit: SubmitHarness, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SUBMIT_RETRY_BASE_SECONDS", "1")
     monkeypatch.setenv("SUBMIT_RETRY_MAX_DELAY_SECONDS", "2")
-    app.submit_service.cache_clear()
+    app.runtime.cache_clear()
     submit.kling.set_faults(create_errors=[{"code": 1302, "times": 1}])  # suggested minimum 1 s
     submit.send({"job_id": "hidden", "prompt": PROMPT})
     [record] = submit.receive()
@@ -589,7 +590,7 @@ def test_a_mixed_batch_reports_exactly_the_throttled_jobs(
     # Kling's concurrency limit (8 slots) refuses every task of n=9 with 1303 and lets the n=1 tasks through.
     with KlingSimulator(SimulatorConfig(api_key="test-key", max_concurrency=8)) as limited:
         monkeypatch.setenv("KLING_API_BASE_URL", limited.base_url)
-        app.submit_service.cache_clear()
+        app.runtime.cache_clear()
         good: list[dict[str, Any]] = [{"job_id": f"good-{i}", "prompt": PROMPT} for i in range(4)]
         bad: list[dict[str, Any]] = [{"job_id": f"bad-{i}", "prompt": PROMPT, "n": 12} for i in range(3)]
         throttled: list[dict[str, Any]] = [{"job_id": f"slow-{i}", "prompt": PROMPT, "n": 9} for i in range(3)]

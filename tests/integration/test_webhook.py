@@ -23,7 +23,7 @@ from devstack.http_api_events import kling_callback_event
 from devstack.kling_simulator import KlingSimulator, SimulatorConfig
 from devstack.moto_server import MotoServer
 from functions.webhook import app as webhook_app
-from kling_pipeline.adapters.dynamodb import JobStore
+from kling_pipeline.adapters.dynamodb import DynamoJobRecords
 from kling_pipeline.contract.callback_auth import MAX_CALLBACK_BYTES
 from kling_pipeline.contract.record import JobRecord
 from kling_pipeline.contract.status import JobStatus
@@ -54,7 +54,7 @@ def _wire(monkeypatch: pytest.MonkeyPatch, sim: KlingSimulator, **env: str) -> N
     monkeypatch.delenv("MAX_IMAGE_BYTES", raising=False)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    webhook_app.wiring.cache_clear()
+    webhook_app.runtime.cache_clear()
 
 
 @pytest.fixture(scope="module")
@@ -92,8 +92,8 @@ def sim() -> Iterator[KlingSimulator]:
 @pytest.fixture
 def pipeline(aws: AwsResources, sim: KlingSimulator, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pipeline]:
     _wire(monkeypatch, sim)
-    yield Pipeline(JobStore(aws.table), aws.images_bucket, sim)
-    webhook_app.wiring.cache_clear()
+    yield Pipeline(DynamoJobRecords(aws.table), aws.images_bucket, sim)
+    webhook_app.runtime.cache_clear()
 
 
 def _succeed(sim: KlingSimulator, task_id: str) -> dict[str, Any]:
@@ -116,7 +116,7 @@ def test_real_callbacks_store_every_image_and_watermark_and_finish_the_job(
     front = CallbackFront().start()
     try:
         _wire(monkeypatch, sim)
-        pipeline = Pipeline(JobStore(aws.table), aws.images_bucket, sim, webhook_base_url=front.base_url)
+        pipeline = Pipeline(DynamoJobRecords(aws.table), aws.images_bucket, sim, webhook_base_url=front.base_url)
         task = pipeline.create_task("job-happy", n=4, watermark=True)
 
         wait_until(lambda: pipeline.record("job-happy").status.is_final, message="job to finish")
@@ -148,7 +148,7 @@ def test_signed_real_callbacks_are_verified_and_accepted(aws: AwsResources, monk
     front = CallbackFront().start()
     try:
         _wire(monkeypatch, sim, KLING_WEBHOOK_SECRET=KLING_WEBHOOK_SECRET)
-        pipeline = Pipeline(JobStore(aws.table), aws.images_bucket, sim, webhook_base_url=front.base_url)
+        pipeline = Pipeline(DynamoJobRecords(aws.table), aws.images_bucket, sim, webhook_base_url=front.base_url)
         pipeline.create_task("job-signed", n=1)
         wait_until(lambda: pipeline.record("job-signed").status.is_final, message="job to finish")
     finally:
@@ -196,7 +196,7 @@ def test_shuffled_and_duplicated_real_callbacks_end_succeeded_with_one_set_of_ob
     front = CallbackFront().start()
     try:
         _wire(monkeypatch, sim)
-        pipeline = Pipeline(JobStore(aws.table), aws.images_bucket, sim, webhook_base_url=front.base_url)
+        pipeline = Pipeline(DynamoJobRecords(aws.table), aws.images_bucket, sim, webhook_base_url=front.base_url)
         pipeline.create_task("job-shuffled", n=3, watermark=True)
         # processing x3, succeed x3, then a stale processing: 7 deliveries
         wait_until(lambda: len(sim.callbacks()) >= 7, message="every callback delivered")
@@ -241,7 +241,7 @@ def test_failed_task_fails_the_job_with_klings_message(pipeline: Pipeline) -> No
     record = pipeline.record("job-fail")
     assert record.status is JobStatus.FAILED
     assert record.error is not None
-    assert record.error.model_dump() == {"code": "kling_task_failed", "message": "Image pixel is invalid"}
+    assert record.error.as_dict() == {"code": "kling_task_failed", "message": "Image pixel is invalid"}
     assert pipeline.objects() == {}
 
 
@@ -364,7 +364,7 @@ def test_an_unexpected_failure_answers_500_without_internals(
     task = pipeline.create_task("job-broken", n=1)
     view = pipeline.sim.advance(task.task_id, "processing")
     monkeypatch.setenv("JOBS_TABLE", "no-such-table")
-    webhook_app.wiring.cache_clear()
+    webhook_app.runtime.cache_clear()
 
     status, body = invoke(pipeline.callback_event("job-broken", view))
 
@@ -406,7 +406,7 @@ def test_standard_webhooks_signatures_are_verified(
     pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch, case: str, expected_status: int
 ) -> None:
     monkeypatch.setenv("KLING_WEBHOOK_SECRET", KLING_WEBHOOK_SECRET)
-    webhook_app.wiring.cache_clear()
+    webhook_app.runtime.cache_clear()
     task = pipeline.create_task("job-sig", n=1)
     body = json.dumps(pipeline.sim.advance(task.task_id, "processing"))
     other_secret = "whsec_" + base64.b64encode(b"another-signing-key-000000000000").decode()
@@ -466,7 +466,7 @@ def test_query_api_urls_outside_the_allow_list_are_refused(aws: AwsResources, mo
         sim = _start_sim(public_base_url=f"http://127.0.0.1:{canary.port}")
         try:
             _wire(monkeypatch, sim)
-            pipeline = Pipeline(JobStore(aws.table), aws.images_bucket, sim)
+            pipeline = Pipeline(DynamoJobRecords(aws.table), aws.images_bucket, sim)
             task = pipeline.create_task("job-offlist", n=2)
             view = _succeed(sim, task.task_id)
 
@@ -478,7 +478,7 @@ def test_query_api_urls_outside_the_allow_list_are_refused(aws: AwsResources, mo
     assert answer["error"]["code"] == "url_not_allowed"
     record = pipeline.record("job-offlist")
     assert record.status is JobStatus.COPYING
-    assert (record.model_extra or {})["copy_error"]["code"] == "url_not_allowed"
+    assert record.copy_error is not None and record.copy_error.code == "url_not_allowed"
     assert pipeline.objects() == {}
 
 
@@ -492,7 +492,7 @@ def test_a_download_cut_off_halfway_leaves_no_object_and_a_later_callback_comple
     sim = _start_sim(image_width=1900, image_height=1900, image_noise=True)
     try:
         _wire(monkeypatch, sim)
-        pipeline = Pipeline(JobStore(aws.table), aws.images_bucket, sim)
+        pipeline = Pipeline(DynamoJobRecords(aws.table), aws.images_bucket, sim)
         task = pipeline.create_task("job-cut", n=1)
         view = _succeed(sim, task.task_id)
         sim.set_faults(image_errors={"mode": "truncate", "times": 1})
@@ -502,9 +502,9 @@ def test_a_download_cut_off_halfway_leaves_no_object_and_a_later_callback_comple
         assert (status, answer["outcome"]) == (200, "copy_failed")
         record = pipeline.record("job-cut")
         assert record.status is JobStatus.COPYING
-        extra = record.model_extra or {}
-        assert extra["copy_error"]["code"] in {"download_incomplete", "download_failed"}
-        assert extra["copy_attempts"] == 1
+        assert record.copy_error is not None
+        assert record.copy_error.code in {"download_incomplete", "download_failed"}
+        assert record.copy_attempts == 1
         assert pipeline.objects() == {}
         assert pipeline.open_uploads() == []
 
@@ -515,8 +515,8 @@ def test_a_download_cut_off_halfway_leaves_no_object_and_a_later_callback_comple
     assert (status, answer["outcome"]) == (200, "succeeded")
     record = pipeline.record("job-cut")
     assert record.status is JobStatus.SUCCEEDED
-    assert "copy_error" not in (record.model_extra or {})
-    assert (record.model_extra or {})["copy_attempts"] == 2
+    assert record.copy_error is None
+    assert record.copy_attempts == 2
     objects = pipeline.objects()
     assert set(objects) == {"job-cut/0.png"}
     assert objects["job-cut/0.png"]["ContentLength"] == (record.images or [])[0].size > 10 * 1024 * 1024
@@ -543,7 +543,7 @@ def test_max_image_bytes_is_the_largest_size_accepted(
     view = _succeed(pipeline.sim, task.task_id)
     size = len(requests.get(view["task_result"]["images"][0]["url"], timeout=5).content)
     monkeypatch.setenv("MAX_IMAGE_BYTES", str(size + slack))
-    webhook_app.wiring.cache_clear()
+    webhook_app.runtime.cache_clear()
 
     status, answer = invoke(pipeline.callback_event("job-cap", view))
 

@@ -19,11 +19,13 @@ from devstack.lambda_context import LambdaContext
 from devstack.runner.functions import FunctionSpec, LambdaFunction
 from devstack.runner.http_front import HttpApiFront
 from functions.webhook import app as webhook_app
-from kling_pipeline.adapters.dynamodb import JobStore
+from kling_pipeline.adapters.dynamodb import DynamoJobRecords
 from kling_pipeline.contract.callback_tokens import callback_url
 from kling_pipeline.contract.record import JobRecord
 from kling_pipeline.contract.status import JobStatus
-from kling_pipeline.kling import BearerKeyAuth, KlingClient, KlingTask
+from kling_pipeline.kling.auth import BearerKeyAuth
+from kling_pipeline.kling.client import KlingClient
+from kling_pipeline.kling.task import KlingTask
 
 WEBHOOK_SECRET = "test-webhook-secret"
 API_KEY = "test-key"
@@ -101,7 +103,7 @@ def canary_server() -> Iterator[Canary]:
 class Pipeline:
     """The webhook's world in one test: the store, the images bucket, the simulator, callback URLs."""
 
-    store: JobStore
+    store: DynamoJobRecords
     bucket: str
     sim: KlingSimulator
     webhook_base_url: str = "https://hooks.example.test"

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ValidationError
 
 from kling_pipeline.contract.callback_tokens import is_valid_callback_token
 from kling_pipeline.contract.job import parse_job
-from kling_pipeline.kling import parse_task
+from kling_pipeline.kling.task import parse_task
 from tests.template.cfn import EVENTS
 
 MODELS: dict[str, type[BaseModel]] = {

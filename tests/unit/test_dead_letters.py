@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from kling_pipeline.reconcile.dead_letters import LOGGED_BODY_CHARACTERS, DeadLetter, loggable_body
+from kling_pipeline.ports import DeadLetter
+from kling_pipeline.reconcile.dead_letters import LOGGED_BODY_CHARACTERS, loggable_body
 
 
 def letter(body: str, *, receive_count: int = 4) -> DeadLetter:

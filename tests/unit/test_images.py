@@ -9,7 +9,7 @@ from PIL import Image
 
 from devstack.imagegen import image_bytes, jpeg_bytes, padded_png, png_bytes
 from kling_pipeline.contract.images import (
-    MAX_IMAGE_BYTES,
+    MAX_INPUT_IMAGE_BYTES,
     ImageInfo,
     ImageRuleError,
     check_image_size,
@@ -66,7 +66,7 @@ def test_a_ratio_past_2_5_is_rejected(width: int, height: int) -> None:
 
 
 def test_exactly_10_mib_is_accepted_and_one_byte_more_is_not() -> None:
-    assert MAX_IMAGE_BYTES == 10485760
+    assert MAX_INPUT_IMAGE_BYTES == 10485760
     assert inspect_image(padded_png(300, 300, 10485760)).size == 10485760
     assert problems_of(padded_png(300, 300, 10485761)) == ["must be at most 10485760 bytes (got 10485761)"]
 

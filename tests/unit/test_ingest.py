@@ -9,8 +9,9 @@ from typing import Any
 from devstack.imagegen import png_bytes
 from kling_pipeline.contract.record import JobRecord
 from kling_pipeline.ingest.events import UploadedObject
-from kling_pipeline.ingest.ingestor import Ingestor, ObjectRef, StoredObject
+from kling_pipeline.ingest.ingestor import Ingestor
 from kling_pipeline.ingest.rules import MAX_MANIFEST_BYTES, UploadStatus
+from kling_pipeline.ports import ObjectRef, StoredObject
 
 BUCKET = "kp-input"
 

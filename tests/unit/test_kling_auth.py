@@ -7,7 +7,7 @@ from typing import Any
 import jwt
 import pytest
 
-from kling_pipeline.kling import BearerKeyAuth, JwtAuth, KlingAuth
+from kling_pipeline.kling.auth import BearerKeyAuth, JwtAuth, KlingAuth
 
 AK = "ak-test"
 SK = "sk-test-secret-0123456789abcdef0123"

@@ -8,8 +8,14 @@ from typing import Any
 
 import pytest
 
-from kling_pipeline.kling import KlingError, KlingPermanentError, KlingRetryableError, classify
-from kling_pipeline.kling.errors import KlingAuthExpiredError, network_error
+from kling_pipeline.kling.errors import (
+    KlingAuthExpiredError,
+    KlingError,
+    KlingPermanentError,
+    KlingRetryableError,
+    classify,
+    network_error,
+)
 
 SAMPLES = Path(__file__).resolve().parents[1] / "data" / "kling_samples"
 

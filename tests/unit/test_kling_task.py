@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from kling_pipeline.kling import KlingImage, KlingTask, NotATaskError, parse_task
+from kling_pipeline.kling.task import KlingImage, KlingTask, NotATaskError, parse_task
 
 # A copy of /work/shared/reference/samples kept in the repository so the suite runs anywhere.
 SAMPLES = Path(__file__).resolve().parents[1] / "data" / "kling_samples"

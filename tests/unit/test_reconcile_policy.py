@@ -1,4 +1,4 @@
-"""The reconciler's pure rules: thresholds from the environment, what is due, expired URLs, reasons."""
+"""The reconciler's pure rules: what is due, expired URLs, reasons (its thresholds: test_environment.py)."""
 
 from __future__ import annotations
 
@@ -8,16 +8,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kling_pipeline.contract.errors import JobError
+from kling_pipeline.contract.clock import iso_timestamp
+from kling_pipeline.contract.errors import ErrorCode, JobError
 from kling_pipeline.contract.record import JobRecord
-from kling_pipeline.contract.settings import ConfigurationError
+from kling_pipeline.contract.settings import ReconcileOptions
 from kling_pipeline.contract.status import JobStatus
 from kling_pipeline.reconcile.policy import (
-    ReconcileOptions,
     Step,
     duration,
     expired_result_url,
-    iso_timestamp,
     next_step,
     open_jobs_cutoff,
     quiet_for,
@@ -37,58 +36,6 @@ def job(status: JobStatus, *, quiet: float = 0.0, age: float = 0.0, **fields: ob
         updated_at=iso_timestamp(NOW - timedelta(seconds=quiet)),
         **fields,
     )
-
-
-# -- options ----------------------------------------------------------------------------------------------
-
-
-def test_defaults_are_the_documented_ones() -> None:
-    options = ReconcileOptions.from_env({})
-    assert (
-        options.reconcile_pending_grace_seconds,
-        options.reconcile_stale_seconds,
-        options.reconcile_max_job_age_seconds,
-        options.reconcile_max_jobs_per_run,
-        options.reconcile_max_copy_attempts,
-        options.reconcile_max_dead_letters_per_run,
-        options.reconcile_concurrency,
-        options.reconcile_safety_margin_seconds,
-    ) == (300, 600, 86400, 200, 3, 50, 4, 30.0)
-
-
-def test_values_come_from_upper_case_variables_and_empty_means_default() -> None:
-    options = ReconcileOptions.from_env(
-        {"RECONCILE_PENDING_GRACE_SECONDS": "0", "RECONCILE_STALE_SECONDS": "0", "RECONCILE_MAX_JOBS_PER_RUN": " "}
-    )
-    assert (options.pending_grace, options.stale, options.reconcile_max_jobs_per_run) == (
-        timedelta(0),
-        timedelta(0),
-        200,
-    )
-
-
-@pytest.mark.parametrize(
-    ("name", "accepted", "refused", "rule"),
-    [
-        ("RECONCILE_PENDING_GRACE_SECONDS", "0", "-1", "greater than or equal to 0"),
-        ("RECONCILE_MAX_JOB_AGE_SECONDS", "60", "59", "greater than or equal to 60"),
-        ("RECONCILE_MAX_JOBS_PER_RUN", "1", "0", "greater than or equal to 1"),
-        ("RECONCILE_MAX_JOBS_PER_RUN", "10000", "10001", "less than or equal to 10000"),
-        ("RECONCILE_MAX_COPY_ATTEMPTS", "1", "0", "greater than or equal to 1"),
-        ("RECONCILE_CONCURRENCY", "32", "33", "less than or equal to 32"),
-    ],
-)
-def test_limits_accept_the_boundary_and_refuse_one_past_it(name: str, accepted: str, refused: str, rule: str) -> None:
-    ReconcileOptions.from_env({name: accepted})
-    with pytest.raises(ConfigurationError, match=rf"{name}: Input should be {rule} \(got '{refused}'\)"):
-        ReconcileOptions.from_env({name: refused})
-
-
-def test_every_bad_variable_is_named_at_once() -> None:
-    with pytest.raises(ConfigurationError) as raised:
-        ReconcileOptions.from_env({"RECONCILE_STALE_SECONDS": "soon", "RECONCILE_CONCURRENCY": "0"})
-    assert "RECONCILE_STALE_SECONDS: Input should be a valid integer" in str(raised.value)
-    assert "RECONCILE_CONCURRENCY: Input should be greater than or equal to 1" in str(raised.value)
 
 
 # -- what is due ------------------------------------------------------------------------------------------
@@ -149,30 +96,36 @@ def test_the_cutoff_uses_the_smaller_threshold() -> None:
 # -- expired result URLs ----------------------------------------------------------------------------------
 
 
+def download_error(status: int | None, *, image: str = "image 0", url: str | None = URL) -> JobError:
+    """A copy_error as the image copier records it: the message for people, the fields for decisions."""
+    message = f"{image}: GET {url}: HTTP {status}" if status else f"{image}: GET {url}: connection refused"
+    return JobError(code=ErrorCode.HTTP_ERROR, message=message, image=image, url=url, http_status=status)
+
+
 @pytest.mark.parametrize("status", [403, 404, 410])
 def test_a_gone_url_is_recognised_in_the_copy_error(status: int) -> None:
-    expired = expired_result_url(JobError("http_error", f"image 0: GET {URL}: HTTP {status}"))
+    expired = expired_result_url(download_error(status))
     assert expired is not None
     assert (expired.label, expired.url, expired.status) == ("image 0", URL, status)
 
 
-@pytest.mark.parametrize(
-    "message",
-    [
-        f"image 0: GET {URL}: HTTP 500",
-        f"image 0: GET {URL}: HTTP 429",
-        f"image 0: GET {URL}: connection refused",
-        "image 0: not finished in time (100 bytes read)",
-        f"image 0: GET {URL}: HTTP 4040",
-    ],
-)
-def test_other_failures_are_not_taken_for_expiry(message: str) -> None:
-    assert expired_result_url({"code": "http_error", "message": message}) is None
+@pytest.mark.parametrize("status", [500, 429, None, 4040])
+def test_other_failures_are_not_taken_for_expiry(status: int | None) -> None:
+    assert expired_result_url(download_error(status)) is None
 
 
-def test_the_first_gone_image_of_several_failures_is_named() -> None:
-    message = f"image 0: GET {URL}: HTTP 503; image 1 (watermark): GET {URL}: HTTP 404"
-    expired = expired_result_url({"code": "http_error", "message": message})
+def test_a_timeout_names_no_url_and_is_not_expiry() -> None:
+    timeout = JobError(code=ErrorCode.COPY_TIMEOUT, message="image 0: not finished in time (100 bytes read)")
+    assert expired_result_url(timeout) is None
+
+
+def test_the_message_text_alone_is_not_read() -> None:
+    # The decision reads fields: a message that merely mentions a 404 is not an expired URL.
+    assert expired_result_url(JobError(code=ErrorCode.HTTP_ERROR, message=f"image 0: GET {URL}: HTTP 404")) is None
+
+
+def test_the_gone_image_is_named() -> None:
+    expired = expired_result_url(download_error(404, image="image 1 (watermark)"))
     assert expired is not None
     assert expired.label == "image 1 (watermark)"
     error = expired.error(attempts=3)
@@ -181,6 +134,7 @@ def test_the_first_gone_image_of_several_failures_is_named() -> None:
         f"image 1 (watermark) download failed: HTTP 404 from {URL}: result URL expired or removed"
     )
     assert "3 copy attempts" in error.message
+    assert (error.url, error.http_status) == (URL, 404)
 
 
 def test_no_copy_error_is_no_expiry() -> None:

@@ -9,20 +9,15 @@ from typing import Any
 import pytest
 
 from kling_pipeline.contract.errors import JobError
-from kling_pipeline.contract.job import S3Location
-from kling_pipeline.contract.record import JobRecord
+from kling_pipeline.contract.job import S3Location, job_id_in
+from kling_pipeline.contract.lease import Lease
+from kling_pipeline.contract.record import LEASE_OWNER, LEASE_UNTIL, JobRecord
 from kling_pipeline.contract.status import JobStatus
-from kling_pipeline.kling import KlingPermanentError, KlingRetryableError, KlingTask
-from kling_pipeline.submit.lease import LEASE_OWNER_ATTRIBUTE, LEASE_UNTIL_ATTRIBUTE, Lease
+from kling_pipeline.kling.errors import KlingPermanentError, KlingRetryableError
+from kling_pipeline.kling.task import KlingTask
+from kling_pipeline.ports import ImageUnavailableError
 from kling_pipeline.submit.retry_policy import RetryPolicy
-from kling_pipeline.submit.submission import (
-    ImageUnavailableError,
-    OutcomeKind,
-    QueuedJob,
-    Submission,
-    kling_job_error,
-    readable_job_id,
-)
+from kling_pipeline.submit.submission import OutcomeKind, QueuedJob, Submission, kling_job_error
 
 NOW = 1_800_000_000_000
 
@@ -92,7 +87,7 @@ class ScriptedKling:
 class NoImages:
     def url_for(self, location: S3Location) -> str:
         raise ImageUnavailableError(
-            JobError("image_not_found", f"image_s3: s3://{location.bucket}/{location.key} does not exist")
+            JobError(code="image_not_found", message=f"image_s3: s3://{location.bucket}/{location.key} does not exist")
         )
 
 
@@ -121,7 +116,7 @@ def delivery(attempt: int = 1, **job: Any) -> QueuedJob:
 
 
 def pending(records: MemoryRecords, *, lease_until: int | None = None) -> None:
-    lease = {LEASE_OWNER_ATTRIBUTE: "other", LEASE_UNTIL_ATTRIBUTE: lease_until} if lease_until else {}
+    lease = {LEASE_OWNER: "other", LEASE_UNTIL: lease_until} if lease_until else {}
     records.create(JobRecord(job_id="job-1", status=JobStatus.PENDING, **lease))
 
 
@@ -133,7 +128,7 @@ def test_a_new_job_is_recorded_then_created_without_a_lookup() -> None:
     assert (outcome.kind, outcome.kling_task_id) == (OutcomeKind.SUBMITTED, "t-1")
     record = records.items["job-1"]
     assert record.status is JobStatus.SUBMITTED
-    assert LEASE_OWNER_ATTRIBUTE not in (record.model_extra or {})
+    assert record.submit_lease_owner is None and record.submit_lease_until is None
 
 
 def test_a_pending_job_found_at_kling_is_adopted_not_created() -> None:
@@ -175,7 +170,7 @@ def test_a_1201_without_a_task_at_kling_is_a_parameter_error() -> None:
     outcome = sub.submit(delivery())
     assert outcome.kind is OutcomeKind.FAILED
     assert records.items["job-1"].error is not None
-    assert records.items["job-1"].error.model_dump() == {"code": 1201, "message": "prompt: too long"}
+    assert records.items["job-1"].error.as_dict() == {"code": 1201, "message": "prompt: too long"}
 
 
 def test_later_releases_the_lease_and_asks_for_a_delay() -> None:
@@ -193,7 +188,7 @@ def test_on_the_last_attempt_later_fails_the_job_but_still_redelivers() -> None:
     record = records.items["job-1"]
     assert record.status is JobStatus.FAILED
     assert record.error is not None
-    assert record.error.model_dump() == {"code": 1303, "message": "busy (gave up after 3 attempts)"}
+    assert record.error.as_dict() == {"code": 1303, "message": "busy (gave up after 3 attempts)"}
 
 
 def test_no_answer_on_the_last_attempt_adopts_a_task_kling_made_anyway() -> None:
@@ -218,7 +213,10 @@ def test_an_unavailable_image_fails_the_job_without_calling_kling() -> None:
     sub, records, _ = submission(kling)
     outcome = sub.submit(delivery(image_s3={"bucket": "in-bucket", "key": "a.png"}))
     assert outcome.kind is OutcomeKind.FAILED
-    assert outcome.error == {"code": "image_not_found", "message": "image_s3: s3://in-bucket/a.png does not exist"}
+    assert outcome.error is not None and outcome.error.as_dict() == {
+        "code": "image_not_found",
+        "message": "image_s3: s3://in-bucket/a.png does not exist",
+    }
     assert records.items["job-1"].status is JobStatus.FAILED
     assert kling.bodies == []
 
@@ -229,7 +227,7 @@ def test_an_invalid_job_is_recorded_failed_under_its_readable_job_id() -> None:
     assert (outcome.kind, outcome.redeliver, outcome.job_id) == (OutcomeKind.REJECTED, False, "job-1")
     record = records.items["job-1"]
     assert record.error is not None
-    assert record.error.model_dump() == {"code": "invalid_job", "message": "n: must be between 1 and 9 (got 12)"}
+    assert record.error.as_dict() == {"code": "invalid_job", "message": "n: must be between 1 and 9 (got 12)"}
 
 
 @pytest.mark.parametrize(
@@ -248,16 +246,16 @@ def test_an_invalid_job_is_recorded_failed_under_its_readable_job_id() -> None:
     ],
 )
 def test_the_job_id_of_an_invalid_message_is_used_only_when_valid(body: str, expected: str | None) -> None:
-    assert readable_job_id(body) == expected
+    assert job_id_in(body) == expected
 
 
 def test_kling_errors_become_record_errors() -> None:
-    assert kling_job_error(KlingPermanentError("unpaid", code=1102)) == {"code": 1102, "message": "unpaid"}
-    assert kling_job_error(KlingRetryableError("read timed out", retry_after=1)) == {
+    assert kling_job_error(KlingPermanentError("unpaid", code=1102)).as_dict() == {"code": 1102, "message": "unpaid"}
+    assert kling_job_error(KlingRetryableError("read timed out", retry_after=1)).as_dict() == {
         "code": "kling_unavailable",
         "message": "Kling: read timed out",
     }
-    assert kling_job_error(KlingPermanentError("bad gateway page", http_status=400)) == {
+    assert kling_job_error(KlingPermanentError("bad gateway page", http_status=400)).as_dict() == {
         "code": "kling_error",
         "message": "Kling HTTP 400: bad gateway page",
     }

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from kling_pipeline.contract.record import JobRecord
+from kling_pipeline.contract.lease import Lease
+from kling_pipeline.contract.record import LEASE_OWNER, LEASE_UNTIL, JobRecord
 from kling_pipeline.contract.status import JobStatus
-from kling_pipeline.submit.lease import LEASE_OWNER_ATTRIBUTE, LEASE_UNTIL_ATTRIBUTE, Lease
 
 
 def test_a_lease_lasts_the_holders_remaining_time_plus_the_skew_margin() -> None:
@@ -28,5 +28,5 @@ def test_a_lease_round_trips_through_a_job_record() -> None:
     record = JobRecord(job_id="j", status=JobStatus.PENDING, **lease.attributes())
     assert Lease.of(JobRecord.model_validate(record.model_dump())) == lease
     assert Lease.of(JobRecord(job_id="j", status=JobStatus.PENDING)) is None
-    assert Lease.of(JobRecord(job_id="j", status=JobStatus.PENDING, **{LEASE_OWNER_ATTRIBUTE: "w"})) is None
-    assert Lease.of(JobRecord(job_id="j", status=JobStatus.PENDING, **{LEASE_UNTIL_ATTRIBUTE: 5})) is None
+    assert Lease.of(JobRecord(job_id="j", status=JobStatus.PENDING, **{LEASE_OWNER: "w"})) is None
+    assert Lease.of(JobRecord(job_id="j", status=JobStatus.PENDING, **{LEASE_UNTIL: 5})) is None

@@ -6,7 +6,7 @@ import pytest
 
 from kling_pipeline.contract.record import JobRecord
 from kling_pipeline.contract.status import JobStatus
-from kling_pipeline.kling import KlingTask
+from kling_pipeline.kling.task import KlingTask
 from kling_pipeline.progress import task_mismatch
 
 

@@ -1,41 +1,25 @@
 """Move a job forward from a report of its Kling task: the one place that turns Kling's word into job state.
 
 Used by the webhook (a callback body) and the reconciler (a task it read from Kling's query API). Every write
-is a conditional JobStore write, so duplicate, late and concurrent reports are harmless no-ops.
+is a conditional JobRecords write, so duplicate, late and concurrent reports are harmless no-ops.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any
 
 from aws_lambda_powertools import Logger
 
-from kling_pipeline.adapters.dynamodb import JobStore
-from kling_pipeline.adapters.image_copy import CopyResult, ImageCopyError
-from kling_pipeline.contract.errors import JobError
-from kling_pipeline.contract.record import JobRecord
+from kling_pipeline.contract.errors import ErrorCode, JobError
+from kling_pipeline.contract.record import COPY_ATTEMPTS, COPY_ERROR, JobRecord
 from kling_pipeline.contract.status import KLING_STATUS_TO_JOB_STATUS, JobStatus
-from kling_pipeline.kling import KlingError, KlingTask
-
-KLING_TASK_FAILED = "kling_task_failed"
-COPY_ERROR = "copy_error"
-COPY_ATTEMPTS = "copy_attempts"
+from kling_pipeline.kling.errors import KlingError
+from kling_pipeline.kling.task import KlingTask
+from kling_pipeline.ports import CopyResult, ImageCopyError, JobRecords, KlingTasks, TaskImageCopier
 
 logger = Logger(child=True)
-
-
-class TaskReader(Protocol):
-    """Kling's query API (KlingClient satisfies it)."""
-
-    def get_task(self, task_id: str) -> KlingTask: ...
-
-
-class TaskImageCopier(Protocol):
-    """Stores a succeeded task's images (ImageCopier satisfies it)."""
-
-    def copy_task_images(self, job_id: str, task: KlingTask, *, deadline: float | None = None) -> CopyResult: ...
 
 
 class Outcome(StrEnum):
@@ -77,8 +61,8 @@ def task_mismatch(job: JobRecord, task: KlingTask, *, from_query_api: bool = Fal
 class JobProgress:
     """Applies Kling task reports to jobs: forward-only status, images copied on `succeed`."""
 
-    def __init__(self, store: JobStore, kling: TaskReader, copier: TaskImageCopier) -> None:
-        self._store = store
+    def __init__(self, records: JobRecords, kling: KlingTasks, copier: TaskImageCopier) -> None:
+        self._records = records
         self._kling = kling
         self._copier = copier
 
@@ -109,7 +93,7 @@ class JobProgress:
             return self._fail(job, task)
         if target is JobStatus.COPYING:
             return self._finish(job, task, from_query_api=from_query_api, deadline=deadline)
-        record = self._store.advance(
+        record = self._records.advance(
             job.job_id,
             target,
             changes=_task_changes(task),
@@ -119,8 +103,11 @@ class JobProgress:
         return ProgressResult(Outcome.ADVANCED if record else Outcome.UNCHANGED, record or job)
 
     def _fail(self, job: JobRecord, task: KlingTask) -> ProgressResult:
-        error = JobError(KLING_TASK_FAILED, task.task_status_msg or "Kling reported the task failed without a reason")
-        record = self._store.advance(
+        error = JobError(
+            code=ErrorCode.KLING_TASK_FAILED,
+            message=task.task_status_msg or "Kling reported the task failed without a reason",
+        )
+        record = self._records.advance(
             job.job_id,
             JobStatus.FAILED,
             changes={**_task_changes(task, final=True), "error": error.as_dict()},
@@ -135,52 +122,70 @@ class JobProgress:
     def _finish(
         self, job: JobRecord, task: KlingTask, *, from_query_api: bool, deadline: float | None
     ) -> ProgressResult:
-        record = self._store.advance(
-            job.job_id, JobStatus.COPYING, changes=_task_changes(task, final=True), expected_task_id=task.task_id
-        )
-        if record is None:  # already copying (a retry), or finished meanwhile
-            record = self._store.get(job.job_id)
-            if (
-                record is None
-                or record.status is not JobStatus.COPYING
-                or task_mismatch(record, task, from_query_api=True)
-            ):
-                return ProgressResult(Outcome.UNCHANGED, record or job)
+        """`succeed`: the job becomes `copying`, the task is confirmed, its images are stored, the job succeeds."""
+        may_copy, record = self._enter_copying(job, task)
+        if not may_copy:
+            return ProgressResult(Outcome.UNCHANGED, record)
         if not from_query_api:
-            try:
-                task = self._kling.get_task(task.task_id)
-            except KlingError as exc:
-                return self._copy_failed(record, JobError("kling_query_failed", f"reading the task back: {exc}"))
-            if task.failed:
-                return self._fail(record, task)
-            if not task.succeeded:
-                message = f"Kling's query API reports {task.task_status!r} for a task called back as succeeded"
-                return self._copy_failed(record, JobError("kling_status_disagrees", message))
+            confirmed = self._read_back(record, task)
+            if isinstance(confirmed, ProgressResult):
+                return confirmed
+            task = confirmed
         try:
             copied = self._copier.copy_task_images(job.job_id, task, deadline=deadline)
         except ImageCopyError as exc:
-            return self._copy_failed(record, exc.to_job_error())
-        final = self._store.advance(
-            job.job_id,
+            return self._copy_failed(record, exc.error)
+        return self._succeed(record, task, copied)
+
+    def _enter_copying(self, job: JobRecord, task: KlingTask) -> tuple[bool, JobRecord]:
+        """(True, the job now `copying`), also when it already was (a retry); (False, the job as it is now) when
+        it finished meanwhile or is copying another task."""
+        record = self._records.advance(
+            job.job_id, JobStatus.COPYING, changes=_task_changes(task, final=True), expected_task_id=task.task_id
+        )
+        if record is not None:
+            return True, record
+        current = self._records.get(job.job_id) or job
+        copying = current.status is JobStatus.COPYING and not task_mismatch(current, task, from_query_api=True)
+        return copying, current
+
+    def _read_back(self, record: JobRecord, reported: KlingTask) -> KlingTask | ProgressResult:
+        """A callback's `succeed` as Kling's query API tells it (only that task's image URLs are trusted), or the
+        result of acting on what Kling said instead."""
+        try:
+            task = self._kling.get_task(reported.task_id)
+        except KlingError as exc:
+            error = JobError(code=ErrorCode.KLING_QUERY_FAILED, message=f"reading the task back: {exc}")
+            return self._copy_failed(record, error)
+        if task.failed:
+            return self._fail(record, task)
+        if not task.succeeded:
+            message = f"Kling's query API reports {task.task_status!r} for a task called back as succeeded"
+            return self._copy_failed(record, JobError(code=ErrorCode.KLING_STATUS_DISAGREES, message=message))
+        return task
+
+    def _succeed(self, record: JobRecord, task: KlingTask, copied: CopyResult) -> ProgressResult:
+        final = self._records.advance(
+            record.job_id,
             JobStatus.SUCCEEDED,
             changes={
                 "images": [image.model_dump(exclude_none=True) for image in copied.images],
-                COPY_ATTEMPTS: _attempts(record) + 1,
+                COPY_ATTEMPTS: record.copies_tried + 1,
             },
             remove=[COPY_ERROR],
             expected_task_id=task.task_id,
         )
         if final is None:  # a concurrent report finished it first; the objects are the same
-            return ProgressResult(Outcome.UNCHANGED, self._store.get(job.job_id) or record)
+            return ProgressResult(Outcome.UNCHANGED, self._records.get(record.job_id) or record)
         logger.info("job succeeded", extra={"images": copied.objects_copied, "bytes": copied.bytes_copied})
         return ProgressResult(Outcome.SUCCEEDED, final, copied.objects_copied, copied.bytes_copied)
 
     def _copy_failed(self, record: JobRecord, error: JobError) -> ProgressResult:
         logger.warning("image copy failed; job stays copying", extra={"error": error.as_dict()})
-        updated = self._store.update_open(
+        updated = self._records.update_open(
             record.job_id,
             expected_status=JobStatus.COPYING,
-            changes={COPY_ERROR: error.as_dict(), COPY_ATTEMPTS: _attempts(record) + 1},
+            changes={COPY_ERROR: error.as_dict(), COPY_ATTEMPTS: record.copies_tried + 1},
         )
         return ProgressResult(Outcome.COPY_FAILED, updated or record, error=error)
 
@@ -192,8 +197,3 @@ def _task_changes(task: KlingTask, *, final: bool = False) -> dict[str, Any]:
     if final and task.updated_at is not None:
         changes["kling_updated_at"] = task.updated_at
     return changes
-
-
-def _attempts(record: JobRecord) -> int:
-    value = (record.model_extra or {}).get(COPY_ATTEMPTS, 0)
-    return value if isinstance(value, int) else 0

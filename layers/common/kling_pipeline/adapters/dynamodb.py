@@ -1,22 +1,30 @@
-"""Job records in DynamoDB: conditional writes make every status change forward-only and race-free."""
+"""Job records in DynamoDB: conditional writes make every status change forward-only and race-free.
+
+Implements the JobRecords and SubmitLeases ports on the low-level client, which is thread-safe: one instance
+serves every worker thread of a function. The expressions are built by pure functions (`status_condition`,
+`update_expression`) so their rules are tested without a table.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
-import threading
 import time
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
 import boto3
 from aws_lambda_powertools import Logger
+from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import ClientError
 
-from kling_pipeline.contract.record import JobRecord, utc_now_iso
+from kling_pipeline.adapters.aws_errors import error_code, is_condition_failure
+from kling_pipeline.contract.clock import now_millis, utc_now_iso
+from kling_pipeline.contract.lease import Lease
+from kling_pipeline.contract.record import LEASE_OWNER, LEASE_UNTIL, JobRecord
 from kling_pipeline.contract.status import JobStatus
-from kling_pipeline.submit.lease import LEASE_OWNER_ATTRIBUTE, LEASE_UNTIL_ATTRIBUTE, Lease, now_millis
 
 logger = Logger(child=True)
 
@@ -25,15 +33,12 @@ OPEN_SHARD_ATTRIBUTE = "open_shard"
 TTL_ATTRIBUTE = "expires_at"
 DEFAULT_OPEN_SHARDS = 4
 DEFAULT_RETENTION_DAYS = 90
+# What a change may name: the record's attributes (a typo must fail loudly, not write a stray attribute).
+RECORD_ATTRIBUTES = frozenset(JobRecord.model_fields)
+KEY = "job_id"
 
-_RESOURCE_LOCK = threading.Lock()
-
-
-def dynamodb_resource(session: Any = boto3) -> Any:
-    """A DynamoDB resource for one thread's JobStore: boto3 resources are not thread-safe, and neither is
-    creating them from one session."""
-    with _RESOURCE_LOCK:
-        return session.resource("dynamodb")
+_serializer = TypeSerializer()
+_deserializer = TypeDeserializer()
 
 
 def to_dynamo(value: Any) -> Any:
@@ -52,45 +57,146 @@ def from_dynamo(value: Any) -> Any:
     return value
 
 
+def shard_key(shard: int) -> str:
+    """The open-jobs index's partition key value for one shard."""
+    return f"open#{shard}"
+
+
 def open_shard_for(job_id: str, shards: int = DEFAULT_OPEN_SHARDS) -> str:
-    digest = hashlib.sha256(job_id.encode()).digest()
-    return f"open#{digest[0] % shards}"
+    """A job's shard: spread evenly by its id, the same every time."""
+    return shard_key(hashlib.sha256(job_id.encode()).digest()[0] % shards)
 
 
-class JobStore:
-    """The jobs table. Every write is conditional; a `False`/`None` result means the condition did not hold."""
+def record_from_item(item: Mapping[str, Any]) -> JobRecord:
+    """A record from a low-level (typed: `{"S": ...}`) item."""
+    plain = {name: _deserializer.deserialize(value) for name, value in item.items()}
+    return JobRecord.model_validate(from_dynamo(plain))
+
+
+def _typed(values: Mapping[str, Any]) -> dict[str, Any]:
+    return {name: _serializer.serialize(value) for name, value in to_dynamo(dict(values)).items()}
+
+
+@dataclass(frozen=True)
+class Condition:
+    """A ConditionExpression and the placeholders it uses."""
+
+    expression: str
+    values: dict[str, Any] = field(default_factory=dict)
+    names: dict[str, str] = field(default_factory=dict)
+
+    def __and__(self, other: Condition) -> Condition:
+        return Condition(
+            f"{self.expression} AND {other.expression}",
+            {**self.values, **other.values},
+            {**self.names, **other.names},
+        )
+
+
+def status_condition(
+    to: JobStatus, *, kling_updated_at: int | None = None, expected_task_id: str | None = None
+) -> Condition | None:
+    """When a record may move to `to`: from a status the order allows (None: from none), not by an older Kling
+    report than the last one applied, and not for another Kling task than the record's."""
+    allowed_from = to.statuses_that_may_advance_to()
+    if not allowed_from:
+        return None
+    values: dict[str, Any] = {f":from{i}": status.value for i, status in enumerate(allowed_from)}
+    parts = [f"#status IN ({', '.join(values)})"]
+    if kling_updated_at is not None:
+        values[":kling_updated_at"] = kling_updated_at
+        parts.append("(attribute_not_exists(kling_updated_at) OR kling_updated_at <= :kling_updated_at)")
+    if expected_task_id is not None:
+        values[":task_id"] = expected_task_id
+        parts.append("(attribute_not_exists(kling_task_id) OR kling_task_id = :task_id)")
+    return Condition(" AND ".join(parts), values, {"#status": "status"})
+
+
+@dataclass(frozen=True)
+class Update:
+    """An UpdateExpression and the placeholders it uses."""
+
+    expression: str
+    values: dict[str, Any]
+    names: dict[str, str]
+
+
+def update_expression(sets: Mapping[str, Any], removals: Iterable[str] = ()) -> Update:
+    """`SET #a0 = :v0, ... REMOVE #r0, ...` with every attribute behind a placeholder (reserved words are safe)."""
+    names: dict[str, str] = {}
+    values: dict[str, Any] = {}
+    set_parts = []
+    for i, (attribute, value) in enumerate(sets.items()):
+        names[f"#a{i}"] = attribute
+        values[f":v{i}"] = value
+        set_parts.append(f"#a{i} = :v{i}")
+    expression = "SET " + ", ".join(set_parts) if set_parts else ""
+    remove_parts = []
+    for i, attribute in enumerate(dict.fromkeys(name for name in removals if name not in sets)):
+        names[f"#r{i}"] = attribute
+        remove_parts.append(f"#r{i}")
+    if remove_parts:
+        expression = f"{expression} REMOVE {', '.join(remove_parts)}".strip()
+    return Update(expression, values, names)
+
+
+def conditional_update(
+    client: Any, table: str, job_id: str, update: Update, condition: Condition
+) -> dict[str, Any] | None:
+    """UpdateItem on an existing job under `condition`; the new item, or None when the condition did not hold."""
+    try:
+        response = client.update_item(
+            TableName=table,
+            Key={KEY: {"S": job_id}},
+            UpdateExpression=update.expression,
+            ConditionExpression=f"attribute_exists({KEY}) AND {condition.expression}",
+            ExpressionAttributeNames={**update.names, **condition.names},
+            ExpressionAttributeValues=_typed({**update.values, **condition.values}),
+            ReturnValues="ALL_NEW",
+        )
+    except ClientError as exc:
+        if is_condition_failure(exc):
+            return None
+        raise
+    attributes: dict[str, Any] = response["Attributes"]
+    return attributes
+
+
+class DynamoJobRecords:
+    """The JobRecords port on the jobs table. `on_final` is called once per job, by the writer whose
+    conditional write made it final."""
 
     def __init__(
         self,
         table_name: str,
+        client: Any | None = None,
         *,
-        dynamodb: Any | None = None,
         open_shards: int = DEFAULT_OPEN_SHARDS,
         retention_days: int = DEFAULT_RETENTION_DAYS,
         on_final: Callable[[JobRecord], None] | None = None,
     ) -> None:
-        """`on_final` is called once per job, by the writer whose conditional write made it final."""
-        resource = dynamodb or dynamodb_resource()
-        self._table = resource.Table(table_name)
+        self._table = table_name
+        self._client = client if client is not None else boto3.client("dynamodb")
         self._open_shards = open_shards
         self._retention_seconds = retention_days * 86400
         self._on_final = on_final
 
     def get(self, job_id: str) -> JobRecord | None:
-        item = self._table.get_item(Key={"job_id": job_id}, ConsistentRead=True).get("Item")
-        return _record_from_item(item) if item else None
+        item = self._client.get_item(TableName=self._table, Key={KEY: {"S": job_id}}, ConsistentRead=True).get("Item")
+        return record_from_item(item) if item else None
 
     def create(self, record: JobRecord) -> bool:
-        """Put a new record unless one with the same job id exists."""
         item = record.model_dump(mode="json", exclude_none=True)
         if record.status.is_final:
             item[TTL_ATTRIBUTE] = self._expiry()
         else:
             item[OPEN_SHARD_ATTRIBUTE] = open_shard_for(record.job_id, self._open_shards)
         try:
-            self._table.put_item(Item=to_dynamo(item), ConditionExpression="attribute_not_exists(job_id)")
+            self._client.put_item(
+                TableName=self._table, Item=_typed(item), ConditionExpression=f"attribute_not_exists({KEY})"
+            )
         except ClientError as exc:
-            if _is_condition_failure(exc):
+            if is_condition_failure(exc):
                 return False
             raise
         if record.status.is_final:
@@ -107,68 +213,32 @@ class JobStore:
         kling_updated_at: int | None = None,
         expected_task_id: str | None = None,
     ) -> JobRecord | None:
-        """Move the job to `to` if the order allows it; returns the new record, or None if it did not move.
-
-        `kling_updated_at` (Kling's ms timestamp) makes an older Kling report than the last one applied a no-op;
-        `expected_task_id` guards against a callback for another task.
-        """
-        allowed_from = to.statuses_that_may_advance_to()
-        if not allowed_from:
+        condition = status_condition(to, kling_updated_at=kling_updated_at, expected_task_id=expected_task_id)
+        if condition is None:
             return None
-        values: dict[str, Any] = {f":from{i}": status.value for i, status in enumerate(allowed_from)}
-        conditions = [f"#status IN ({', '.join(values)})"]
-        if kling_updated_at is not None:
-            values[":kling_updated_at"] = kling_updated_at
-            conditions.append("(attribute_not_exists(kling_updated_at) OR kling_updated_at <= :kling_updated_at)")
-        if expected_task_id is not None:
-            values[":task_id"] = expected_task_id
-            conditions.append("(attribute_not_exists(kling_task_id) OR kling_task_id = :task_id)")
-        sets = dict(changes or {})
-        sets["status"] = to.value
+        sets = {**_checked(changes or {}), "status": to.value}
         if kling_updated_at is not None:
             sets["kling_updated_at"] = kling_updated_at
-        removals = list(remove)
+        removals = list(_checked(dict.fromkeys(remove)))
         if to.is_final:
             sets[TTL_ATTRIBUTE] = self._expiry()
             removals.append(OPEN_SHARD_ATTRIBUTE)
-        record = self._update(job_id, sets, removals, " AND ".join(conditions), values)
+        record = self._update(job_id, sets, removals, condition)
         if record is not None and to.is_final:
             self._announce(record)
         return record
 
     def update_open(
-        self,
-        job_id: str,
-        *,
-        expected_status: JobStatus,
-        changes: Mapping[str, Any],
-        remove: Iterable[str] = (),
+        self, job_id: str, *, expected_status: JobStatus, changes: Mapping[str, Any], remove: Iterable[str] = ()
     ) -> JobRecord | None:
-        """Change attributes of a job that is still in `expected_status` (no status move)."""
-        return self._update(
-            job_id, dict(changes), list(remove), "#status = :expected", {":expected": expected_status.value}
-        )
+        condition = Condition("#status = :expected", {":expected": expected_status.value}, {"#status": "status"})
+        return self._update(job_id, dict(_checked(changes)), list(_checked(dict.fromkeys(remove))), condition)
 
     def open_jobs(self, *, updated_before: str | None = None, limit: int = 100) -> Iterator[JobRecord]:
-        """Non-final jobs from the sparse index, oldest update first within each shard (never a scan while the
-        index exists; a table created without it, by hand from the contract alone, is scanned with a warning)."""
-        names = {"#shard": OPEN_SHARD_ATTRIBUTE}
-        values: dict[str, Any] = {}
-        if updated_before is not None:
-            names["#updated"] = "updated_at"
-            values[":before"] = updated_before
+        """From the sparse index, oldest update first within each shard (never a scan while the index exists;
+        a table created without it, by hand from the contract alone, is scanned with a warning)."""
         try:
-            for shard in range(self._open_shards):
-                key_condition = "#shard = :shard" + (" AND #updated < :before" if updated_before else "")
-                query = {
-                    "IndexName": OPEN_JOBS_INDEX,
-                    "KeyConditionExpression": key_condition,
-                    "ExpressionAttributeNames": names,
-                    "ExpressionAttributeValues": {**values, ":shard": f"open#{shard}"},
-                }
-                limit -= yield from self._pages(self._table.query, query, limit)
-                if limit <= 0:
-                    return
+            yield from self._query_open(updated_before, limit)
         except ClientError as exc:
             if not _is_missing_index(exc):
                 raise
@@ -177,62 +247,42 @@ class JobStore:
                 "template.yaml does)",
                 OPEN_JOBS_INDEX,
             )
-            condition = "attribute_exists(#shard)" + (" AND #updated < :before" if updated_before else "")
-            scan: dict[str, Any] = {"FilterExpression": condition, "ExpressionAttributeNames": names}
-            if values:
-                scan["ExpressionAttributeValues"] = values
-            yield from self._pages(self._table.scan, scan, limit)
+            yield from self._scan_open(updated_before, limit)
 
-    @staticmethod
-    def _pages(read: Callable[..., Any], kwargs: dict[str, Any], limit: int) -> Generator[JobRecord, None, int]:
-        """Records from `read` (query or scan) page by page, at most `limit`; returns how many it yielded."""
+    def _query_open(self, updated_before: str | None, limit: int) -> Iterator[JobRecord]:
+        key_condition = "#shard = :shard" + (" AND #updated < :before" if updated_before else "")
+        for shard in range(self._open_shards):
+            query = {
+                "IndexName": OPEN_JOBS_INDEX,
+                "KeyConditionExpression": key_condition,
+                **_open_filter(updated_before, {":shard": shard_key(shard)}),
+            }
+            limit -= yield from self._pages("query", query, limit)
+            if limit <= 0:
+                return
+
+    def _scan_open(self, updated_before: str | None, limit: int) -> Iterator[JobRecord]:
+        condition = "attribute_exists(#shard)" + (" AND #updated < :before" if updated_before else "")
+        yield from self._pages("scan", {"FilterExpression": condition, **_open_filter(updated_before, {})}, limit)
+
+    def _pages(self, operation: str, kwargs: dict[str, Any], limit: int) -> Generator[JobRecord, None, int]:
+        """Records from a query or scan, page by page, at most `limit`; returns how many it yielded."""
+        read = getattr(self._client, operation)
         yielded = 0
         while yielded < limit:
-            page = read(Limit=limit - yielded, **kwargs)
+            page = read(TableName=self._table, Limit=limit - yielded, **kwargs)
             for item in page.get("Items", []):
                 yielded += 1
-                yield _record_from_item(item)
+                yield record_from_item(item)
             if "LastEvaluatedKey" not in page:
                 break
             kwargs = {**kwargs, "ExclusiveStartKey": page["LastEvaluatedKey"]}
         return yielded
 
-    def _update(
-        self,
-        job_id: str,
-        sets: dict[str, Any],
-        removals: list[str],
-        condition: str,
-        values: dict[str, Any],
-    ) -> JobRecord | None:
+    def _update(self, job_id: str, sets: dict[str, Any], removals: list[str], condition: Condition) -> JobRecord | None:
         sets.setdefault("updated_at", utc_now_iso())
-        names = {"#status": "status"}
-        set_parts = []
-        for i, (attribute, value) in enumerate(sets.items()):
-            names[f"#a{i}"] = attribute
-            values[f":v{i}"] = value
-            set_parts.append(f"#a{i} = :v{i}")
-        expression = "SET " + ", ".join(set_parts)
-        if removals:
-            remove_parts = []
-            for i, attribute in enumerate(dict.fromkeys(removals)):
-                names[f"#r{i}"] = attribute
-                remove_parts.append(f"#r{i}")
-            expression += " REMOVE " + ", ".join(remove_parts)
-        try:
-            response = self._table.update_item(
-                Key={"job_id": job_id},
-                UpdateExpression=expression,
-                ConditionExpression=f"attribute_exists(job_id) AND {condition}",
-                ExpressionAttributeNames=names,
-                ExpressionAttributeValues=to_dynamo(values),
-                ReturnValues="ALL_NEW",
-            )
-        except ClientError as exc:
-            if _is_condition_failure(exc):
-                return None
-            raise
-        return _record_from_item(response["Attributes"])
+        item = conditional_update(self._client, self._table, job_id, update_expression(sets, removals), condition)
+        return record_from_item(item) if item is not None else None
 
     def _announce(self, record: JobRecord) -> None:
         if self._on_final is not None:
@@ -242,64 +292,47 @@ class JobStore:
         return int(time.time()) + self._retention_seconds
 
 
-def _record_from_item(item: Mapping[str, Any]) -> JobRecord:
-    plain = from_dynamo(dict(item))
-    plain.pop(OPEN_SHARD_ATTRIBUTE, None)
-    return JobRecord.model_validate(plain)
+class DynamoSubmitLeases:
+    """The SubmitLeases port: the lease lives on the job record, taken and dropped with conditional updates."""
+
+    def __init__(self, table_name: str, client: Any) -> None:
+        self._table = table_name
+        self._client = client
+
+    def take(self, job_id: str, lease: Lease) -> bool:
+        free = Condition(
+            "#status = :pending AND (attribute_not_exists(#until) OR #until < :now)",
+            {":pending": JobStatus.PENDING.value, ":now": now_millis()},
+            {"#status": "status", "#until": LEASE_UNTIL},
+        )
+        update = update_expression({LEASE_OWNER: lease.owner, LEASE_UNTIL: lease.until_ms})
+        return conditional_update(self._client, self._table, job_id, update, free) is not None
+
+    def release(self, job_id: str, owner: str) -> None:
+        held = Condition("#owner = :owner", {":owner": owner}, {"#owner": LEASE_OWNER})
+        conditional_update(self._client, self._table, job_id, update_expression({}, [LEASE_OWNER, LEASE_UNTIL]), held)
 
 
-def _is_condition_failure(exc: ClientError) -> bool:
-    return bool(exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException")
+def _checked(changes: Mapping[str, Any]) -> Mapping[str, Any]:
+    unknown = sorted(set(changes) - RECORD_ATTRIBUTES)
+    if unknown:
+        raise ValueError(f"not job record attributes: {', '.join(unknown)}")
+    return changes
+
+
+def _open_filter(updated_before: str | None, values: dict[str, Any]) -> dict[str, Any]:
+    """The names and values an open-jobs query or scan uses (the low-level client wants typed values)."""
+    names = {"#shard": OPEN_SHARD_ATTRIBUTE}
+    if updated_before is not None:
+        names["#updated"] = "updated_at"
+        values = {**values, ":before": updated_before}
+    filters: dict[str, Any] = {"ExpressionAttributeNames": names}
+    if values:
+        filters["ExpressionAttributeValues"] = _typed(values)
+    return filters
 
 
 def _is_missing_index(exc: ClientError) -> bool:
     # AWS: ValidationException "The table does not have the specified index"; moto: ResourceNotFoundException.
-    error = exc.response.get("Error", {})
-    code, message = error.get("Code"), str(error.get("Message", "")).lower()
-    return code in ("ValidationException", "ResourceNotFoundException") and "index" in message
-
-
-_LEASE_NAMES = {"#owner": LEASE_OWNER_ATTRIBUTE, "#until": LEASE_UNTIL_ATTRIBUTE}
-
-
-class DynamoSubmitLeases:
-    """Takes and releases the submit lease on a job record with conditional updates."""
-
-    def __init__(self, table_name: str, dynamodb_client: Any) -> None:
-        self._table = table_name
-        self._client = dynamodb_client
-
-    def take(self, job_id: str, lease: Lease) -> bool:
-        return self._update(
-            job_id,
-            "SET #owner = :owner, #until = :until",
-            "#status = :pending AND (attribute_not_exists(#until) OR #until < :now)",
-            {"#status": "status", **_LEASE_NAMES},
-            {
-                ":owner": {"S": lease.owner},
-                ":until": {"N": str(lease.until_ms)},
-                ":pending": {"S": JobStatus.PENDING.value},
-                ":now": {"N": str(now_millis())},
-            },
-        )
-
-    def release(self, job_id: str, owner: str) -> None:
-        self._update(job_id, "REMOVE #owner, #until", "#owner = :owner", _LEASE_NAMES, {":owner": {"S": owner}})
-
-    def _update(
-        self, job_id: str, expression: str, condition: str, names: dict[str, str], values: dict[str, Any]
-    ) -> bool:
-        try:
-            self._client.update_item(
-                TableName=self._table,
-                Key={"job_id": {"S": job_id}},
-                UpdateExpression=expression,
-                ConditionExpression=f"attribute_exists(job_id) AND {condition}",
-                ExpressionAttributeNames=names,
-                ExpressionAttributeValues=values,
-            )
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
-                return False
-            raise
-        return True
+    message = str(exc.response.get("Error", {}).get("Message", "")).lower()
+    return error_code(exc) in ("ValidationException", "ResourceNotFoundException") and "index" in message

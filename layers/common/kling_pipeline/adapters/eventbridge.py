@@ -28,7 +28,7 @@ def job_finished_detail(record: JobRecord, images_bucket: str | None) -> dict[st
         "job_id": record.job_id,
         "status": record.status.value,
         "kling_task_id": record.kling_task_id,
-        "error": record.error.model_dump() if record.error else None,
+        "error": record.error.as_dict() if record.error else None,
         "images": images,
         "source": record.source,
     }

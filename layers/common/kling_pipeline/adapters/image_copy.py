@@ -8,7 +8,6 @@ or duplicate object: keys are deterministic and a repeat overwrites with the sam
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator, Mapping
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
@@ -19,30 +18,16 @@ from urllib.parse import quote
 import urllib3
 
 from kling_pipeline.adapters.url_guard import FetchError, GuardedHttp, UrlNotAllowedError
-from kling_pipeline.contract.errors import JobError
-from kling_pipeline.contract.images import detect_image_format
+from kling_pipeline.contract.errors import ErrorCode, JobError
+from kling_pipeline.contract.images import CONTENT_TYPES, EXTENSIONS, detect_image_format
 from kling_pipeline.contract.record import StoredImage
-from kling_pipeline.contract.settings import ConfigurationError
-from kling_pipeline.kling import KlingTask
+from kling_pipeline.contract.settings import DEFAULT_MAX_IMAGE_BYTES
+from kling_pipeline.kling.task import KlingTask
+from kling_pipeline.ports import CopyResult, ImageCopyError
 
-DEFAULT_MAX_IMAGE_BYTES = 50 * 1024 * 1024
 PART_SIZE = 5 * 1024 * 1024  # S3's minimum part size (except the last part)
 READ_CHUNK = 256 * 1024
 DEFAULT_CONCURRENCY = 4
-_EXTENSIONS = {"png": "png", "jpeg": "jpg"}
-_CONTENT_TYPES = {"png": "image/png", "jpeg": "image/jpeg"}
-
-
-class ImageCopyError(Exception):
-    """One image could not be copied; `code` is machine-readable, the message names the image and the cause."""
-
-    def __init__(self, code: str, message: str) -> None:
-        self.code = code
-        self.message = message
-        super().__init__(message)
-
-    def to_job_error(self) -> JobError:
-        return JobError(code=self.code, message=self.message)
 
 
 @dataclass(frozen=True)
@@ -50,15 +35,6 @@ class CopiedObject:
     key: str
     content_type: str
     size: int
-
-
-@dataclass(frozen=True)
-class CopyResult:
-    """Every image of a task, stored."""
-
-    images: list[StoredImage]
-    objects_copied: int
-    bytes_copied: int
 
 
 @dataclass(frozen=True)
@@ -102,7 +78,7 @@ class ImageCopier:
         `deadline` is a `time.monotonic()` value after which copying stops with an error.
         """
         if not task.images:
-            raise ImageCopyError("no_images", f"Kling task {task.task_id} succeeded but lists no images")
+            raise ImageCopyError.of(ErrorCode.NO_IMAGES, f"Kling task {task.task_id} succeeded but lists no images")
         sources = [_Source(image.index, image.url, False) for image in task.images]
         sources += [_Source(image.index, image.watermark_url, True) for image in task.images if image.watermark_url]
         metadata = {"job-id": job_id, "kling-task-id": task.task_id}
@@ -126,12 +102,14 @@ class ImageCopier:
         """Stream one image to `{key_stem}.{png|jpg}`; the extension and content type come from its bytes."""
         try:
             response = self._http.open(url)
-        except (UrlNotAllowedError, FetchError) as exc:
-            raise ImageCopyError(getattr(exc, "code", "fetch_failed"), str(exc)) from None
+        except UrlNotAllowedError as exc:
+            raise ImageCopyError.of(exc.code, str(exc)) from None
+        except FetchError as exc:
+            raise ImageCopyError.of(exc.code, str(exc), http_status=exc.http_status, url=exc.url) from None
         try:
             return self._upload(response, key_stem, {**metadata, "source-host": _host_of(url)}, deadline)
         except urllib3.exceptions.HTTPError as exc:
-            raise ImageCopyError("download_failed", f"download broke off: {exc}") from None
+            raise ImageCopyError.of(ErrorCode.DOWNLOAD_FAILED, f"download broke off: {exc}") from None
         finally:
             response.close()
             response.release_conn()
@@ -150,21 +128,21 @@ class ImageCopier:
             for future in pending:  # fail fast: what has not started will not start
                 future.cancel()
         results: dict[_Source, CopiedObject] = {}
-        failures: list[str] = []
-        first_code = ""
+        failures: list[tuple[_Source, JobError]] = []
         for future, source in futures.items():
             if future.cancelled():
                 continue
             error = future.exception()
             if error is None:
                 results[source] = future.result()
-                continue
-            if not isinstance(error, ImageCopyError):
-                error = ImageCopyError("copy_failed", f"{type(error).__name__}: {error}")
-            first_code = first_code or error.code
-            failures.append(f"{source.label}: {error.message}")
+            elif isinstance(error, ImageCopyError):
+                failures.append((source, error.error))
+            else:
+                failures.append(
+                    (source, JobError(code=ErrorCode.COPY_FAILED, message=f"{type(error).__name__}: {error}"))
+                )
         if failures:
-            raise ImageCopyError(first_code, "; ".join(failures))
+            raise ImageCopyError(_combined(failures))
         return results
 
     def _upload(
@@ -176,14 +154,18 @@ class ImageCopier:
     ) -> CopiedObject:
         declared = _content_length(response)
         if declared is not None and declared > self._max_bytes:
-            raise ImageCopyError("image_too_large", f"is {declared} bytes; MAX_IMAGE_BYTES is {self._max_bytes}")
+            raise ImageCopyError.of(
+                ErrorCode.IMAGE_TOO_LARGE, f"is {declared} bytes; MAX_IMAGE_BYTES is {self._max_bytes}"
+            )
         parts = self._parts(response, declared, deadline)
         first = next(parts, bytearray())
         image_format = detect_image_format(bytes(first[:32]))
         if image_format is None:
-            raise ImageCopyError("unsupported_image", f"must be a PNG or JPEG image (starts with {bytes(first[:8])!r})")
-        key = f"{key_stem}.{_EXTENSIONS[image_format]}"
-        content_type = _CONTENT_TYPES[image_format]
+            raise ImageCopyError.of(
+                ErrorCode.UNSUPPORTED_IMAGE, f"must be a PNG or JPEG image (starts with {bytes(first[:8])!r})"
+            )
+        key = f"{key_stem}.{EXTENSIONS[image_format]}"
+        content_type = CONTENT_TYPES[image_format]
         args = {"Bucket": self._bucket, "Key": key, "ContentType": content_type, "Metadata": _ascii(metadata)}
         if len(first) < self._part_size:  # the whole image fits in one part: a single PUT
             next(parts, None)  # runs the end-of-stream checks
@@ -228,19 +210,23 @@ class ImageCopier:
             filled = 0
             while filled < self._part_size:
                 if deadline is not None and time.monotonic() > deadline:
-                    raise ImageCopyError("copy_timeout", f"not finished in time ({received + filled} bytes read)")
+                    raise ImageCopyError.of(
+                        ErrorCode.COPY_TIMEOUT, f"not finished in time ({received + filled} bytes read)"
+                    )
                 chunk = response.read(min(READ_CHUNK, self._part_size - filled))
                 if not chunk:
                     break
                 part[filled : filled + len(chunk)] = chunk
                 filled += len(chunk)
                 if received + filled > self._max_bytes:
-                    raise ImageCopyError("image_too_large", f"exceeds MAX_IMAGE_BYTES ({self._max_bytes} bytes)")
+                    raise ImageCopyError.of(
+                        ErrorCode.IMAGE_TOO_LARGE, f"exceeds MAX_IMAGE_BYTES ({self._max_bytes} bytes)"
+                    )
             received += filled
             if filled < self._part_size:  # end of stream
                 if declared is not None and received != declared:
-                    raise ImageCopyError(
-                        "download_incomplete", f"received {received} of {declared} bytes (Content-Length)"
+                    raise ImageCopyError.of(
+                        ErrorCode.DOWNLOAD_INCOMPLETE, f"received {received} of {declared} bytes (Content-Length)"
                     )
                 if filled:
                     del part[filled:]
@@ -250,14 +236,20 @@ class ImageCopier:
             del part  # before the next buffer is allocated
 
 
-def max_image_bytes_from_env(env: Mapping[str, str] | None = None) -> int:
-    """MAX_IMAGE_BYTES (a positive integer), default 50 MiB."""
-    raw = (os.environ if env is None else env).get("MAX_IMAGE_BYTES", "").strip()
-    if not raw:
-        return DEFAULT_MAX_IMAGE_BYTES
-    if not raw.isdigit() or int(raw) < 1:
-        raise ConfigurationError(f"MAX_IMAGE_BYTES: must be a positive integer (got {raw!r})")
-    return int(raw)
+def _combined(failures: list[tuple[_Source, JobError]]) -> JobError:
+    """One error for the task: the first failure's code, every image's message, and the URL and status of the
+    first download the server refused with a 4xx (the URL itself is bad), else of the first that got any."""
+    answered = [(source, error) for source, error in failures if error.http_status is not None]
+    answered.sort(key=lambda failure: not 400 <= (failure[1].http_status or 0) < 500)
+    telling: dict[str, Any] = {}
+    if answered:
+        source, error = answered[0]
+        telling = {"image": source.label, "url": error.url, "http_status": error.http_status}
+    return JobError(
+        code=failures[0][1].code,
+        message="; ".join(f"{source.label}: {error.message}" for source, error in failures),
+        **telling,
+    )
 
 
 def _content_length(response: urllib3.BaseHTTPResponse) -> int | None:
@@ -267,7 +259,7 @@ def _content_length(response: urllib3.BaseHTTPResponse) -> int | None:
     try:
         value = int(raw)
     except ValueError:
-        raise ImageCopyError("download_failed", f"invalid Content-Length {raw[:40]!r}") from None
+        raise ImageCopyError.of(ErrorCode.DOWNLOAD_FAILED, f"invalid Content-Length {raw[:40]!r}") from None
     return value if value >= 0 else None
 
 

@@ -1,4 +1,5 @@
-"""The input bucket on S3, as the upload trigger uses it: head, bounded reads and best-effort status tags."""
+"""S3 behind two ports: the input bucket as the upload trigger uses it (head, bounded reads, best-effort status
+tags), and presigned URLs of a job's image_s3 for Kling."""
 
 from __future__ import annotations
 
@@ -9,11 +10,12 @@ import boto3
 from aws_lambda_powertools import Logger
 from botocore.exceptions import ClientError
 
-from kling_pipeline.contract.errors import JobError
+from kling_pipeline.adapters.aws_errors import error_code, http_status
+from kling_pipeline.contract.errors import ErrorCode, JobError
 from kling_pipeline.contract.images import ImageRuleError, check_image_size
 from kling_pipeline.contract.job import S3Location
-from kling_pipeline.ingest.ingestor import ObjectRef, StoredObject
-from kling_pipeline.submit.submission import ImageUnavailableError
+from kling_pipeline.contract.settings import MAX_PRESIGNED_SECONDS
+from kling_pipeline.ports import ImageUnavailableError, ObjectRef, StoredObject
 
 logger = Logger(child=True)
 
@@ -81,10 +83,7 @@ def _version_args(ref: ObjectRef, *, guard: bool) -> dict[str, Any]:
 
 
 def _is_gone(exc: ClientError) -> bool:
-    return str(exc.response.get("Error", {}).get("Code")) in _GONE
-
-
-MAX_PRESIGNED_SECONDS = 7 * 24 * 3600  # SigV4's limit
+    return error_code(exc) in _GONE
 
 
 _NOT_FOUND = frozenset({"404", "NoSuchKey", "NotFound", "NoSuchBucket"})
@@ -104,18 +103,18 @@ class S3ImageUrls:
         try:
             head = self._s3.head_object(Bucket=location.bucket, Key=location.key)
         except ClientError as exc:
-            code = str(exc.response.get("Error", {}).get("Code"))
-            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-            if code in _NOT_FOUND or status == 404:
-                raise ImageUnavailableError(JobError("image_not_found", f"image_s3: {where} does not exist")) from exc
-            if status == 403:
+            if error_code(exc) in _NOT_FOUND or http_status(exc) == 404:
+                missing = JobError(code=ErrorCode.IMAGE_NOT_FOUND, message=f"image_s3: {where} does not exist")
+                raise ImageUnavailableError(missing) from exc
+            if http_status(exc) == 403:
                 message = f"image_s3: {where} cannot be read by the pipeline (access denied)"
-                raise ImageUnavailableError(JobError("image_not_readable", message)) from exc
+                raise ImageUnavailableError(JobError(code=ErrorCode.IMAGE_NOT_READABLE, message=message)) from exc
             raise
         try:
             check_image_size(int(head["ContentLength"]))
         except ImageRuleError as exc:
-            raise ImageUnavailableError(JobError("invalid_job", f"image_s3: {exc} ({where})")) from exc
+            too_big = JobError(code=ErrorCode.INVALID_JOB, message=f"image_s3: {exc} ({where})")
+            raise ImageUnavailableError(too_big) from exc
         url: str = self._s3.generate_presigned_url(
             "get_object", Params={"Bucket": location.bucket, "Key": location.key}, ExpiresIn=self._expires_in
         )

@@ -1,4 +1,7 @@
-"""The jobs queue (SQS): a job goes on it as its JSON body, where it came from as the `source` attribute."""
+"""SQS behind the ports: the jobs queue (a job goes on it as its JSON body, where it came from as the `source`
+attribute), the delay before a message's next delivery, and the jobs DLQ the reconciler sweeps.
+
+boto3's low-level clients are thread-safe, so one instance of each serves every worker thread."""
 
 from __future__ import annotations
 
@@ -10,11 +13,12 @@ import boto3
 from aws_lambda_powertools import Logger
 from botocore.exceptions import ClientError
 
-from kling_pipeline.reconcile.dead_letters import SQS_BATCH, DeadLetter
+from kling_pipeline.ports import DeadLetter, Source
 
 logger = Logger(child=True)
 
 SOURCE_ATTRIBUTE = "source"
+SQS_BATCH = 10  # ReceiveMessage / SendMessageBatch / DeleteMessageBatch maximum
 
 
 class SqsJobQueue:
@@ -24,7 +28,7 @@ class SqsJobQueue:
         self.queue_url = queue_url
         self.client = sqs or boto3.client("sqs")
 
-    def enqueue(self, job: Mapping[str, Any], *, source: str) -> str:
+    def enqueue(self, job: Mapping[str, Any], *, source: Source) -> str:
         """Queue `job`; returns the SQS message id."""
         response = self.client.send_message(
             QueueUrl=self.queue_url,
@@ -116,7 +120,7 @@ class SqsDeadLetterQueue:
             WaitTimeSeconds=0,
             VisibilityTimeout=self._visibility,
             MessageSystemAttributeNames=["ApproximateReceiveCount"],
-            MessageAttributeNames=["source"],
+            MessageAttributeNames=[SOURCE_ATTRIBUTE],
         )
         return [_dead_letter(message) for message in response.get("Messages", [])]
 
@@ -131,7 +135,7 @@ class SqsDeadLetterQueue:
 
 
 def _dead_letter(message: dict[str, Any]) -> DeadLetter:
-    source = message.get("MessageAttributes", {}).get("source", {}).get("StringValue")
+    source = message.get("MessageAttributes", {}).get(SOURCE_ATTRIBUTE, {}).get("StringValue")
     return DeadLetter(
         message_id=message["MessageId"],
         receipt_handle=message["ReceiptHandle"],

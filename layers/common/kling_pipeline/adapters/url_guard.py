@@ -19,6 +19,8 @@ import certifi
 import urllib3
 from urllib3.exceptions import HTTPError as Urllib3Error
 
+from kling_pipeline.contract.errors import ErrorCode
+
 MAX_REDIRECTS = 3
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -31,14 +33,21 @@ Resolver = Callable[[str, int], list[str]]
 class UrlNotAllowedError(ValueError):
     """The URL (or a redirect) points somewhere images may not be fetched from."""
 
-    code = "url_not_allowed"
+    code = ErrorCode.URL_NOT_ALLOWED
 
 
 class FetchError(Exception):
-    """The fetch itself failed: DNS, connection, timeout, an HTTP error status, too many redirects."""
+    """The fetch itself failed: DNS, connection, timeout, an HTTP error status, too many redirects.
 
-    def __init__(self, code: str, message: str) -> None:
+    `url` (its query left out: signed URLs carry credentials there) and `http_status` say what answered.
+    """
+
+    def __init__(
+        self, code: ErrorCode, message: str, *, url: str | None = None, http_status: int | None = None
+    ) -> None:
         self.code = code
+        self.url = url
+        self.http_status = http_status
         super().__init__(message)
 
 
@@ -153,9 +162,9 @@ class UrlGuard:
         try:
             resolved = [ipaddress.ip_address(raw) for raw in self._resolve(host, port)]
         except (OSError, ValueError) as exc:
-            raise FetchError("dns_failed", f"url: host {host} could not be resolved ({exc})") from None
+            raise FetchError(ErrorCode.DNS_FAILED, f"url: host {host} could not be resolved ({exc})") from None
         if not resolved:
-            raise FetchError("dns_failed", f"url: host {host} resolved to no address")
+            raise FetchError(ErrorCode.DNS_FAILED, f"url: host {host} resolved to no address")
         return resolved
 
 
@@ -187,13 +196,27 @@ class GuardedHttp:
                 if 200 <= response.status < 300:
                     return response
                 _discard(response)
-                raise FetchError("http_error", f"GET {_short(url)}: HTTP {response.status}")
+                raise FetchError(
+                    ErrorCode.HTTP_ERROR,
+                    f"GET {_short(url)}: HTTP {response.status}",
+                    url=_short(url),
+                    http_status=response.status,
+                )
             location = response.headers.get("Location")
             _discard(response)
             if not location:
-                raise FetchError("http_error", f"GET {_short(url)}: HTTP {response.status} without Location")
+                raise FetchError(
+                    ErrorCode.HTTP_ERROR,
+                    f"GET {_short(url)}: HTTP {response.status} without Location",
+                    url=_short(url),
+                    http_status=response.status,
+                )
             url = urljoin(url, location)
-        raise FetchError("too_many_redirects", f"GET: more than {self._max_redirects} redirects (last {_short(url)})")
+        raise FetchError(
+            ErrorCode.TOO_MANY_REDIRECTS,
+            f"GET: more than {self._max_redirects} redirects (last {_short(url)})",
+            url=_short(url),
+        )
 
     def close(self) -> None:
         with self._lock:
@@ -220,7 +243,9 @@ class GuardedHttp:
                 timeout=self._timeout,
             )
         except Urllib3Error as exc:
-            raise FetchError("network_error", f"GET {_short(destination.url)}: {exc}") from None
+            raise FetchError(
+                ErrorCode.NETWORK_ERROR, f"GET {_short(destination.url)}: {exc}", url=_short(destination.url)
+            ) from None
 
     def _pool(self, destination: Destination) -> urllib3.HTTPConnectionPool:
         key = (destination.scheme, destination.address, destination.port, destination.host)

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from kling_pipeline.contract.callback_tokens import is_valid_callback_token
+from kling_pipeline.contract.errors import ErrorCode, JobError
 
 MAX_CALLBACK_BYTES = 256 * 1024
 SIGNATURE_TOLERANCE_SECONDS = 5 * 60  # enforced by the standardwebhooks library
@@ -19,24 +20,30 @@ SIGNATURE_TOLERANCE_SECONDS = 5 * 60  # enforced by the standardwebhooks library
 class CallbackRejectedError(Exception):
     """Why a callback is refused: the HTTP status to answer, a code and a short reason (safe to return)."""
 
-    def __init__(self, status: int, code: str, reason: str) -> None:
+    def __init__(self, status: int, code: ErrorCode, reason: str) -> None:
         self.status = status
         self.code = code
         self.reason = reason
         super().__init__(f"{status} {code}: {reason}")
 
+    @property
+    def error(self) -> JobError:
+        return JobError(code=self.code, message=self.reason)
+
 
 def check_body_size(body: bytes, limit: int = MAX_CALLBACK_BYTES) -> None:
     if len(body) > limit:
-        raise CallbackRejectedError(413, "body_too_large", f"body must be at most {limit} bytes (got {len(body)})")
+        raise CallbackRejectedError(
+            413, ErrorCode.BODY_TOO_LARGE, f"body must be at most {limit} bytes (got {len(body)})"
+        )
 
 
 def check_token(job_id: str, token: str | None, secret: str) -> None:
     """The URL's token must be the HMAC of this job id (constant-time comparison)."""
     if not token:
-        raise CallbackRejectedError(401, "unauthorized", "token: missing")
+        raise CallbackRejectedError(401, ErrorCode.UNAUTHORIZED, "token: missing")
     if not is_valid_callback_token(job_id, token, secret):
-        raise CallbackRejectedError(401, "unauthorized", "token: does not match this job")
+        raise CallbackRejectedError(401, ErrorCode.UNAUTHORIZED, "token: does not match this job")
 
 
 def check_signature(body: bytes, headers: Mapping[str, str], kling_webhook_secret: str) -> None:
@@ -44,9 +51,9 @@ def check_signature(body: bytes, headers: Mapping[str, str], kling_webhook_secre
     try:
         Webhook(kling_webhook_secret).verify(body, dict(headers), json_parse=False)
     except WebhookVerificationError as exc:
-        raise CallbackRejectedError(401, "unauthorized", f"signature: {_reason(exc)}") from None
+        raise CallbackRejectedError(401, ErrorCode.UNAUTHORIZED, f"signature: {_reason(exc)}") from None
     except ValueError:  # malformed signature list, bad base64, body not UTF-8
-        raise CallbackRejectedError(401, "unauthorized", "signature: malformed") from None
+        raise CallbackRejectedError(401, ErrorCode.UNAUTHORIZED, "signature: malformed") from None
 
 
 def authenticate_callback(

@@ -11,7 +11,8 @@ from typing import Literal
 
 from PIL import Image, UnidentifiedImageError
 
-MAX_IMAGE_BYTES = 10 * 1024 * 1024
+# Kling's limit for an input image (not MAX_IMAGE_BYTES, the pipeline's cap on a result image it copies).
+MAX_INPUT_IMAGE_BYTES = 10 * 1024 * 1024
 MIN_IMAGE_SIDE = 300
 # Aspect ratio limit 2.5 as the integer fraction 5/2, so the edge (750x300) compares exactly.
 _RATIO_NUMERATOR, _RATIO_DENOMINATOR = 5, 2
@@ -20,7 +21,8 @@ ImageFormat = Literal["png", "jpeg"]
 
 # MPO is what Pillow calls a JPEG carrying a multi-picture extension (common from phone cameras).
 _FORMATS: dict[str, ImageFormat] = {"PNG": "png", "JPEG": "jpeg", "MPO": "jpeg"}
-_CONTENT_TYPES: dict[ImageFormat, str] = {"png": "image/png", "jpeg": "image/jpeg"}
+CONTENT_TYPES: dict[ImageFormat, str] = {"png": "image/png", "jpeg": "image/jpeg"}
+EXTENSIONS: dict[ImageFormat, str] = {"png": "png", "jpeg": "jpg"}
 
 
 @dataclass(frozen=True)
@@ -34,7 +36,7 @@ class ImageInfo:
 
     @property
     def content_type(self) -> str:
-        return _CONTENT_TYPES[self.format]
+        return CONTENT_TYPES[self.format]
 
 
 class ImageRuleError(ValueError):
@@ -86,7 +88,7 @@ def detect_image_format(head: bytes) -> ImageFormat | None:
 
 
 def _size_problem(size: int) -> str | None:
-    return f"must be at most {MAX_IMAGE_BYTES} bytes (got {size})" if size > MAX_IMAGE_BYTES else None
+    return f"must be at most {MAX_INPUT_IMAGE_BYTES} bytes (got {size})" if size > MAX_INPUT_IMAGE_BYTES else None
 
 
 def _dimension_problems(width: int, height: int) -> list[str]:

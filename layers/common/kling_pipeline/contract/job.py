@@ -15,18 +15,18 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import json
 import re
 from collections.abc import Mapping
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeGuard
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 from pydantic_core import PydanticCustomError
 
 from kling_pipeline.contract.errors import InvalidJobError
 from kling_pipeline.contract.images import ImageRuleError, inspect_image
-from kling_pipeline.contract.job_problems import describe_value, job_problems
+from kling_pipeline.contract.job_problems import job_problems
+from kling_pipeline.contract.json_text import json_object_or_none, read_json_object
 
 DEFAULT_MODEL_NAME = "kling-v3"
 MAX_PROMPT_CHARS = 2500
@@ -145,6 +145,9 @@ Metadata = Annotated[
 ]
 
 
+_JOB_ID_ADAPTER: TypeAdapter[str] = TypeAdapter(JobId)
+
+
 class _Strict(BaseModel):
     # strict: JSON types are taken as they are (no "3" -> 3, no true -> 1); unknown fields are errors.
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
@@ -258,18 +261,21 @@ def _json_object(raw: str | bytes | Mapping[str, Any]) -> dict[str, Any]:
     if isinstance(raw, Mapping):
         return dict(raw)
     try:
-        text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
-        value = json.loads(text, parse_constant=_reject_constant)  # ints of any size stay exact ints
-    except UnicodeDecodeError as exc:
-        raise InvalidJobError([f"body: not valid UTF-8 ({exc.reason} at byte {exc.start})"]) from None
-    except RecursionError:
-        raise InvalidJobError(["body: not valid JSON (nested too deeply)"]) from None
+        return read_json_object(raw, what="body")
     except ValueError as exc:
-        raise InvalidJobError([f"body: not valid JSON ({exc})"]) from None
-    if not isinstance(value, dict):
-        raise InvalidJobError([f"body: must be a JSON object (got {describe_value(value)})"])
-    return value
+        raise InvalidJobError([str(exc)]) from None
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not allowed")
+def job_id_in(body: str) -> str | None:
+    """The job_id of a message that is not a valid job, when it names a usable one (to record the refusal under)."""
+    value = json_object_or_none(body)
+    job_id = value.get("job_id") if value is not None else None
+    return job_id if is_valid_job_id(job_id) else None
+
+
+def is_valid_job_id(value: Any) -> TypeGuard[str]:
+    try:
+        _JOB_ID_ADAPTER.validate_python(value, strict=True)
+    except ValidationError:
+        return False
+    return True

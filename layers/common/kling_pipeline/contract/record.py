@@ -1,18 +1,22 @@
-"""The job record as stored in DynamoDB (the contract's 'job record')."""
+"""The job record as stored in DynamoDB (the contract's 'job record'): every attribute the docs name."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from kling_pipeline.contract.clock import utc_now_iso
+from kling_pipeline.contract.errors import JobError
 from kling_pipeline.contract.status import JobStatus
 
-
-def utc_now_iso() -> str:
-    """ISO 8601 UTC with millisecond precision, e.g. `2026-11-28T17:38:32.123Z` (sorts lexically)."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+# Attribute names that other code writes by name (conditional updates name attributes, not fields).
+COPY_ERROR = "copy_error"
+COPY_ATTEMPTS = "copy_attempts"
+RECONCILED_AT = "reconciled_at"
+LEASE_OWNER = "submit_lease_owner"
+LEASE_UNTIL = "submit_lease_until"  # Unix milliseconds
+LEASE_ATTRIBUTES = (LEASE_OWNER, LEASE_UNTIL)
 
 
 class StoredImage(BaseModel):
@@ -27,15 +31,13 @@ class StoredImage(BaseModel):
     watermark_s3_key: str | None = None
 
 
-class RecordError(BaseModel):
-    code: str | int
-    message: str
-
-
 class JobRecord(BaseModel):
-    """A job's DynamoDB item; `status` is final once `succeeded` or `failed`."""
+    """A job's DynamoDB item; `status` is final once `succeeded` or `failed`.
 
-    model_config = ConfigDict(extra="allow")
+    Attributes the table holds for its own bookkeeping (the open-jobs shard, the TTL) are not part of it.
+    """
+
+    model_config = ConfigDict(extra="ignore")
 
     job_id: str
     status: JobStatus
@@ -44,7 +46,20 @@ class JobRecord(BaseModel):
     updated_at: str = Field(default_factory=utc_now_iso)
     kling_task_id: str | None = None
     kling_status: str | None = None
-    error: RecordError | None = None
+    kling_updated_at: int | None = None  # Kling's ms timestamp of the last report applied
+    error: JobError | None = None
     images: list[StoredImage] | None = None
     request: dict[str, Any] | None = None
     metadata: dict[str, str] | None = None
+    upload: str | None = None  # s3:// URI of the upload an ingested job came from
+    # While `copying`: why the last copy failed, and how many copies were tried (also kept once succeeded).
+    copy_error: JobError | None = None
+    copy_attempts: int | None = None
+    # While `pending`: which submit delivery may talk to Kling for the job, and until when.
+    submit_lease_owner: str | None = None
+    submit_lease_until: int | None = None
+    reconciled_at: str | None = None  # the reconciler's last check that changed nothing
+
+    @property
+    def copies_tried(self) -> int:
+        return self.copy_attempts or 0

@@ -1,42 +1,106 @@
-"""The environment, validated once at cold start (same variable names locally and in AWS)."""
+"""Each function's environment as one model: the same variable names locally and in AWS (upper-cased fields).
+
+A required variable is a plain `str`; optional ones have defaults that work. `runtime.environment.load` reads
+and validates a model once per container and raises one ConfigurationError naming every missing or malformed
+variable. Where one of several variables will do (a key or its secret's ARN), `ONE_OF` says so.
+"""
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping
+from datetime import timedelta
+from typing import ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+# SQS's limit for a message's visibility timeout: the longest delay before a retry.
+MAX_VISIBILITY_SECONDS = 43200
+MAX_PRESIGNED_SECONDS = 7 * 24 * 3600  # SigV4's limit
 DEFAULT_IMAGE_HOST_ALLOWLIST = (".klingai.com",)
+DEFAULT_MAX_IMAGE_BYTES = 50 * 1024 * 1024  # MAX_IMAGE_BYTES: the cap on one result image the pipeline copies
+
+# (groups of variables, the problem when none of the groups is set in full)
+OneOf = tuple[tuple[tuple[str, ...], ...], str]
 
 
-class ConfigurationError(RuntimeError):
-    """The function's environment is missing or has an invalid variable."""
+class FunctionEnvironment(BaseModel):
+    """What every function reads: the jobs table, and the bus its final jobs are announced on."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    # Groups of variables of which at least one group must be set in full, with the problem to report.
+    ONE_OF: ClassVar[tuple[OneOf, ...]] = ()
+    # Variables whose empty value means something (elsewhere an empty variable counts as unset).
+    KEEP_EMPTY: ClassVar[frozenset[str]] = frozenset()
+
+    jobs_table: str
+    event_bus_name: str = "default"
+    images_bucket: str | None = None  # named in the events' image URIs
+
+    @classmethod
+    def choice_problems(cls, given: frozenset[str]) -> list[str]:
+        """The ONE_OF rules of every class in the hierarchy that `given` (the set variables) breaks."""
+        problems = []
+        for klass in cls.__mro__:
+            for groups, problem in vars(klass).get("ONE_OF", ()):
+                if not any(set(group) <= given for group in groups):
+                    problems.append(problem)
+        return problems
+
+    @classmethod
+    def keeps_empty(cls, name: str) -> bool:
+        return any(name in vars(klass).get("KEEP_EMPTY", ()) for klass in cls.__mro__)
 
 
-class Settings(BaseModel):
-    """Every variable of the contract; each function asks for the ones it needs with `require`."""
+class KlingAccess(BaseModel):
+    """Where Kling (or a relay) is, and how to prove who we are."""
 
-    model_config = ConfigDict(frozen=True)
+    ONE_OF: ClassVar[tuple[OneOf, ...]] = (
+        (
+            (
+                ("kling_api_key",),
+                ("kling_api_key_secret_arn",),
+                ("kling_access_key", "kling_secret_key"),
+                ("kling_aksk_secret_arn",),
+            ),
+            "no Kling credentials: set KLING_API_KEY or KLING_API_KEY_SECRET_ARN "
+            "(or KLING_ACCESS_KEY + KLING_SECRET_KEY, or KLING_AKSK_SECRET_ARN)",
+        ),
+    )
+    KEEP_EMPTY: ClassVar[frozenset[str]] = frozenset({"kling_api_path_prefix"})
 
-    jobs_table: str | None = None
-    jobs_queue_url: str | None = None
-    jobs_dlq_url: str | None = None
-    input_bucket: str | None = None
-    images_bucket: str | None = None
-    kling_api_base_url: str | None = None
+    kling_api_base_url: str
     kling_api_path_prefix: str = "/kling"
     kling_api_key: str | None = None
     kling_api_key_secret_arn: str | None = None
     kling_access_key: str | None = None
     kling_secret_key: str | None = None
     kling_aksk_secret_arn: str | None = None
-    webhook_base_url: str | None = None
+
+    @field_validator("kling_api_base_url")
+    @classmethod
+    def _http_base(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
+
+
+class WebhookSecretSource(BaseModel):
+    """The key that derives and checks per-job callback tokens, given directly or as a secret's ARN."""
+
+    ONE_OF: ClassVar[tuple[OneOf, ...]] = (
+        ((("webhook_secret",), ("webhook_secret_arn",)), "no webhook secret: set WEBHOOK_SECRET or WEBHOOK_SECRET_ARN"),
+    )
+
     webhook_secret: str | None = None
     webhook_secret_arn: str | None = None
-    kling_webhook_secret: str | None = None
-    image_host_allowlist: tuple[str, ...] = Field(default=DEFAULT_IMAGE_HOST_ALLOWLIST)
-    event_bus_name: str = "default"
+
+
+class ImageCopyOptions(BaseModel):
+    """Where finished images go and where they may come from."""
+
+    images_bucket: str
+    image_host_allowlist: tuple[str, ...] = DEFAULT_IMAGE_HOST_ALLOWLIST
+    max_image_bytes: int = Field(default=DEFAULT_MAX_IMAGE_BYTES, ge=1)
 
     @field_validator("image_host_allowlist", mode="before")
     @classmethod
@@ -45,31 +109,71 @@ class Settings(BaseModel):
             return tuple(host.strip().lower() for host in value.split(",") if host.strip())
         return value
 
-    @field_validator("kling_api_base_url", "webhook_base_url")
-    @classmethod
-    def _strip_trailing_slash(cls, value: str | None) -> str | None:
-        return value.rstrip("/") if value else value
 
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None, *, require: tuple[str, ...] = ()) -> Settings:
-        """Read the contract's variables (upper-case names); empty strings count as unset."""
-        source = os.environ if env is None else env
-        values: dict[str, str] = {}
-        for name in cls.model_fields:
-            raw = source.get(name.upper())
-            if raw is None:
-                continue
-            if raw == "" and name != "kling_api_path_prefix":
-                continue
-            values[name] = raw
-        try:
-            settings = cls.model_validate(values)
-        except ValidationError as exc:
-            raise ConfigurationError(f"invalid environment: {exc}") from exc
-        settings.require(*require)
-        return settings
+class SubmitOptions(BaseModel):
+    """The submit function's own knobs."""
 
-    def require(self, *names: str) -> None:
-        missing = [name.upper() for name in names if not getattr(self, name)]
-        if missing:
-            raise ConfigurationError(f"missing environment variable(s): {', '.join(missing)}")
+    max_receive_count: int = Field(default=5, ge=1, le=1000)  # the jobs queue's redrive maxReceiveCount
+    image_url_ttl_seconds: int = Field(default=3600, ge=60, le=MAX_PRESIGNED_SECONDS)
+    submit_concurrency: int = Field(default=10, ge=1, le=64)
+    submit_retry_base_seconds: float = Field(default=10.0, gt=0, le=MAX_VISIBILITY_SECONDS)
+    submit_retry_max_delay_seconds: float = Field(default=900.0, gt=0, le=MAX_VISIBILITY_SECONDS)
+
+    @model_validator(mode="after")
+    def _delays_in_order(self) -> SubmitOptions:
+        if self.submit_retry_max_delay_seconds < self.submit_retry_base_seconds:
+            raise ValueError(
+                "SUBMIT_RETRY_MAX_DELAY_SECONDS must be at least SUBMIT_RETRY_BASE_SECONDS "
+                f"(got {self.submit_retry_max_delay_seconds} < {self.submit_retry_base_seconds})"
+            )
+        return self
+
+
+class ReconcileOptions(BaseModel):
+    """The reconciler's thresholds and per-run limits."""
+
+    reconcile_pending_grace_seconds: int = Field(default=300, ge=0, le=7 * 86400)
+    reconcile_stale_seconds: int = Field(default=600, ge=0, le=7 * 86400)
+    reconcile_max_job_age_seconds: int = Field(default=86400, ge=60, le=30 * 86400)
+    reconcile_max_jobs_per_run: int = Field(default=200, ge=1, le=10000)
+    reconcile_max_copy_attempts: int = Field(default=3, ge=1, le=100)
+    reconcile_max_dead_letters_per_run: int = Field(default=50, ge=0, le=1000)
+    reconcile_concurrency: int = Field(default=4, ge=1, le=32)
+    reconcile_safety_margin_seconds: float = Field(default=30.0, ge=0, le=600)
+
+    @property
+    def pending_grace(self) -> timedelta:
+        return timedelta(seconds=self.reconcile_pending_grace_seconds)
+
+    @property
+    def stale(self) -> timedelta:
+        return timedelta(seconds=self.reconcile_stale_seconds)
+
+    @property
+    def max_job_age(self) -> timedelta:
+        return timedelta(seconds=self.reconcile_max_job_age_seconds)
+
+
+class SubmitEnvironment(FunctionEnvironment, KlingAccess, WebhookSecretSource, SubmitOptions):
+    webhook_base_url: str
+
+    @field_validator("webhook_base_url")
+    @classmethod
+    def _no_trailing_slash(cls, value: str) -> str:
+        return value.rstrip("/")
+
+
+class WebhookEnvironment(FunctionEnvironment, KlingAccess, WebhookSecretSource, ImageCopyOptions):
+    images_bucket: str
+    kling_webhook_secret: str | None = None  # whsec_...: Kling's signed callbacks are verified too
+
+
+class IngestEnvironment(FunctionEnvironment):
+    jobs_queue_url: str
+    input_bucket: str
+
+
+class ReconcileEnvironment(FunctionEnvironment, KlingAccess, ImageCopyOptions, ReconcileOptions):
+    images_bucket: str
+    jobs_queue_url: str | None = None
+    jobs_dlq_url: str | None = None  # default: the redrive target of JOBS_QUEUE_URL

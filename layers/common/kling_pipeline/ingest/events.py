@@ -17,6 +17,8 @@ from urllib.parse import unquote_plus
 from aws_lambda_powertools.utilities.data_classes import S3Event, SQSEvent
 from aws_lambda_powertools.utilities.data_classes.s3_event import S3EventRecord
 
+from kling_pipeline.ports import ObjectRef
+
 TEST_EVENT = "s3:TestEvent"
 
 
@@ -35,6 +37,11 @@ class UploadedObject:
     @property
     def uri(self) -> str:
         return f"s3://{self.bucket}/{self.key}"
+
+    @property
+    def ref(self) -> ObjectRef:
+        """The object version this notification is about."""
+        return ObjectRef(self.bucket, self.key, self.version_id, self.etag)
 
     @property
     def is_object_created(self) -> bool:

@@ -10,16 +10,13 @@ The trigger never writes objects, so it cannot trigger itself; tags create no `O
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
-
-from pydantic import ConfigDict, TypeAdapter, ValidationError
+from typing import Any
 
 from kling_pipeline.contract.errors import InvalidJobError
 from kling_pipeline.contract.images import ImageRuleError, check_image_size, inspect_image
-from kling_pipeline.contract.job import Job, JobId, parse_job
-from kling_pipeline.contract.record import JobRecord, RecordError
+from kling_pipeline.contract.job import Job, is_valid_job_id, parse_job
+from kling_pipeline.contract.record import JobRecord
 from kling_pipeline.contract.status import JobStatus
 from kling_pipeline.ingest.events import UploadedObject
 from kling_pipeline.ingest.metadata import job_fields_from_metadata
@@ -37,52 +34,10 @@ from kling_pipeline.ingest.rules import (
     unsupported_key_problem,
     upload_kind,
 )
+from kling_pipeline.ports import JobQueue, JobRecords, ObjectRef, Source, UploadBucket
 
-SOURCE = "s3"
+SOURCE: Source = "s3"
 GONE = "the object was deleted or replaced before it was processed"
-_JOB_ID: TypeAdapter[str] = TypeAdapter(JobId, config=ConfigDict(strict=True))
-
-
-@dataclass(frozen=True)
-class ObjectRef:
-    """One object version: `version_id` when S3 named one, else `etag` guards against a replaced object."""
-
-    bucket: str
-    key: str
-    version_id: str | None = None
-    etag: str | None = None
-
-    @property
-    def uri(self) -> str:
-        return f"s3://{self.bucket}/{self.key}"
-
-    @classmethod
-    def of(cls, upload: UploadedObject) -> ObjectRef:
-        return cls(upload.bucket, upload.key, upload.version_id, upload.etag)
-
-
-@dataclass(frozen=True)
-class StoredObject:
-    size: int
-    metadata: Mapping[str, str]
-
-
-class UploadBucket(Protocol):
-    """The input bucket, as the trigger needs it; `None` means the object is gone or was replaced."""
-
-    def head(self, ref: ObjectRef) -> StoredObject | None: ...
-
-    def read(self, ref: ObjectRef, *, max_bytes: int) -> bytes | None: ...
-
-    def add_tags(self, ref: ObjectRef, tags: Mapping[str, str], *, keep_existing: bool = False) -> None: ...
-
-
-class JobQueue(Protocol):
-    def enqueue(self, job: Mapping[str, Any], *, source: str) -> str: ...
-
-
-class JobRecords(Protocol):
-    def create(self, record: JobRecord) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -127,7 +82,7 @@ class Ingestor:
         if kind is UploadKind.MANIFEST:
             return self._manifest_upload(upload)
         problems = [unsupported_key_problem(upload.key)]
-        return self._reject(upload.uri, upload.derived_job_id(), problems, [ObjectRef.of(upload)])
+        return self._reject(upload.uri, upload.derived_job_id(), problems, [upload.ref])
 
     def _not_ours(self, upload: UploadedObject) -> str | None:
         if not upload.is_object_created:
@@ -141,7 +96,7 @@ class Ingestor:
         return None
 
     def _image_upload(self, upload: UploadedObject) -> IngestResult:
-        ref = ObjectRef.of(upload)
+        ref = upload.ref
         stored = self._bucket.head(ref)
         if stored is None:
             return IngestResult(upload.uri, UploadStatus.IGNORED, reason=GONE)
@@ -159,7 +114,7 @@ class Ingestor:
         return self._finish(upload.uri, record_id, fields, problems, [ref])
 
     def _manifest_upload(self, upload: UploadedObject) -> IngestResult:
-        ref = ObjectRef.of(upload)
+        ref = upload.ref
         derived_id = upload.derived_job_id()
         too_big = manifest_size_problem(upload.size or 0)
         if too_big:
@@ -238,7 +193,7 @@ class Ingestor:
             job_id=job_id,
             status=JobStatus.FAILED,
             source=SOURCE,
-            error=RecordError(code=error.code, message=error.message),
+            error=error,
             request=job.redacted_request() if job else None,
             metadata=job.metadata if job else None,
             upload=uri,
@@ -259,12 +214,4 @@ def _assign_job_id(fields: dict[str, Any], upload: UploadedObject) -> str:
     if fields.get("job_id") is None:
         fields["job_id"] = upload.derived_job_id()
     given = fields["job_id"]
-    return given if _is_valid_job_id(given) else upload.derived_job_id()
-
-
-def _is_valid_job_id(value: Any) -> bool:
-    try:
-        _JOB_ID.validate_python(value)
-    except ValidationError:
-        return False
-    return True
+    return given if is_valid_job_id(given) else upload.derived_job_id()

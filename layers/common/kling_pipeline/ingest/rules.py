@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import re
 from enum import StrEnum
 from typing import Any
 
 from kling_pipeline.contract.job_problems import describe_value
+from kling_pipeline.contract.json_text import read_json_object
 
 UPLOADS_PREFIX = "uploads/"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -60,17 +60,7 @@ def manifest_size_problem(size: int) -> str | None:
 
 def manifest_object(data: bytes) -> dict[str, Any]:
     """The manifest's JSON object; ValueError with a `manifest: ...` problem otherwise (ints stay exact)."""
-    try:
-        value = json.loads(data.decode("utf-8"), parse_constant=_reject_constant)
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"manifest: not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
-    except RecursionError:
-        raise ValueError("manifest: not valid JSON (nested too deeply)") from None
-    except ValueError as exc:
-        raise ValueError(f"manifest: not valid JSON ({exc})") from None
-    if not isinstance(value, dict):
-        raise ValueError(f"manifest: must be a JSON object (got {describe_value(value)})")
-    return value
+    return read_json_object(data, what="manifest")
 
 
 def tag_value(text: str) -> str:
@@ -79,7 +69,3 @@ def tag_value(text: str) -> str:
     if len(cleaned) <= MAX_TAG_VALUE_CHARS:
         return cleaned
     return cleaned[: MAX_TAG_VALUE_CHARS - 3].rstrip() + "..."
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not allowed")

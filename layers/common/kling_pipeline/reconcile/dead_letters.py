@@ -16,65 +16,23 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from collections.abc import Sequence
-from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Literal, Protocol
+from typing import Any
 
 from aws_lambda_powertools import Logger
 
-from kling_pipeline.adapters.dynamodb import JobStore
 from kling_pipeline.contract.errors import InvalidJobError, JobError
 from kling_pipeline.contract.job import parse_job
-from kling_pipeline.contract.record import JobRecord
+from kling_pipeline.contract.json_text import json_object_or_none
+from kling_pipeline.contract.record import COPY_ERROR, JobRecord
 from kling_pipeline.contract.status import JobStatus
-from kling_pipeline.kling import KlingError, KlingTask
-from kling_pipeline.progress import COPY_ERROR, JobProgress, TaskMismatchError
-from kling_pipeline.submit.submission import readable_job_id
+from kling_pipeline.kling.errors import KlingError
+from kling_pipeline.ports import DeadLetter, DeadLetterQueue, JobRecords, KlingTasks
+from kling_pipeline.progress import JobProgress, TaskMismatchError
 
-DEAD_LETTERED = "dead_lettered"
-SQS_BATCH = 10  # ReceiveMessage / DeleteMessageBatch maximum
 LOGGED_BODY_CHARACTERS = 2000
 
 logger = Logger(child=True)
-
-
-@dataclass(frozen=True)
-class DeadLetter:
-    """One message received from the jobs DLQ."""
-
-    message_id: str
-    receipt_handle: str
-    body: str
-    receive_count: int  # SQS keeps counting across the redrive: the jobs queue's receives plus the DLQ's
-    source: Literal["sqs", "s3"] = "sqs"
-
-    @property
-    def job_id(self) -> str:
-        """The job the message was for, decided as submit decides it."""
-        return readable_job_id(self.body) or self.message_id
-
-    def error(self) -> JobError:
-        receives = self.receive_count - 1  # this receive, from the DLQ, is not one of the job's deliveries
-        if receives > 0:
-            how = f"was moved to the jobs dead-letter queue after {receives} receives"
-        else:
-            how = "reached the jobs dead-letter queue before the submit function received it"
-        message = (
-            f"the job's message {how}, and the job was never submitted to Kling "
-            f"(SQS message {self.message_id}); the submit function's log has the cause of each attempt"
-        )
-        return JobError(DEAD_LETTERED, message)
-
-
-class DeadLetterQueue(Protocol):
-    def receive(self, max_messages: int) -> list[DeadLetter]: ...
-
-    def delete(self, letters: Sequence[DeadLetter]) -> None: ...
-
-
-class TaskFinder(Protocol):
-    def find_task_by_external_id(self, external_task_id: str) -> KlingTask | None: ...
 
 
 class DeadLetterOutcome(StrEnum):
@@ -90,10 +48,16 @@ class DeadLetterSweeper:
     """Reads up to `max_messages` dead letters per run and settles each one's job."""
 
     def __init__(
-        self, queue: DeadLetterQueue, store: JobStore, kling: TaskFinder, progress: JobProgress, *, max_messages: int
+        self,
+        queue: DeadLetterQueue,
+        records: JobRecords,
+        kling: KlingTasks,
+        progress: JobProgress,
+        *,
+        max_messages: int,
     ) -> None:
         self._queue = queue
-        self._store = store
+        self._store = records
         self._kling = kling
         self._progress = progress
         self._max_messages = max_messages
@@ -103,7 +67,7 @@ class DeadLetterSweeper:
         outcomes: Counter[DeadLetterOutcome] = Counter()
         read = 0
         while read < self._max_messages and time.monotonic() < deadline:
-            letters = self._queue.receive(min(SQS_BATCH, self._max_messages - read))
+            letters = self._queue.receive(self._max_messages - read)
             if not letters:
                 break
             read += len(letters)
@@ -177,17 +141,14 @@ def _failed_record(job_id: str, letter: DeadLetter, error: JobError) -> JobRecor
         job = parse_job(letter.body, default_job_id=letter.message_id)
         fields = {"request": job.redacted_request(), "metadata": job.metadata}
     except InvalidJobError as invalid:
-        error = JobError(error.code, f"{error.message}; the message is not a valid job either: {invalid}")
-    return JobRecord(job_id=job_id, status=JobStatus.FAILED, source=letter.source, error=error.as_dict(), **fields)
+        error = JobError(code=error.code, message=f"{error.message}; the message is not a valid job either: {invalid}")
+    return JobRecord(job_id=job_id, status=JobStatus.FAILED, source=letter.source, error=error, **fields)
 
 
 def loggable_body(body: str) -> str:
     """The message body for a log line: base64 image data elided, clipped."""
-    try:
-        value = json.loads(body)
-    except (ValueError, RecursionError):
-        value = None
-    if isinstance(value, dict) and isinstance(value.get("image"), str) and len(value["image"]) > 200:
+    value = json_object_or_none(body)
+    if value is not None and isinstance(value.get("image"), str) and len(value["image"]) > 200:
         value["image"] = f"<{len(value['image'])} characters>"
         body = json.dumps(value, ensure_ascii=False)
     return body if len(body) <= LOGGED_BODY_CHARACTERS else body[:LOGGED_BODY_CHARACTERS] + "..."

@@ -5,67 +5,18 @@ Thresholds come from the environment (RECONCILE_*), validated once at cold start
 
 from __future__ import annotations
 
-import os
-import re
-from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-
-from kling_pipeline.contract.errors import JobError
+from kling_pipeline.contract.clock import iso_timestamp, parse_timestamp
+from kling_pipeline.contract.errors import ErrorCode, JobError
 from kling_pipeline.contract.record import JobRecord
-from kling_pipeline.contract.settings import ConfigurationError
+from kling_pipeline.contract.settings import ReconcileOptions
 from kling_pipeline.contract.status import JobStatus
 
-TIMED_OUT = "timed_out"
-RESULT_URL_EXPIRED = "result_url_expired"
 # What a result URL that Kling (or a relay) deleted answers with; anything else may pass and is retried.
 GONE_STATUSES = frozenset({403, 404, 410})
-# How image_copy/url_guard name a failed download: `image 0 (watermark): GET <url>: HTTP 404`.
-_HTTP_FAILURE = re.compile(r"(?P<label>image \d+(?: \(watermark\))?): GET (?P<url>\S+): HTTP (?P<status>\d{3})\b")
-
-
-class ReconcileOptions(BaseModel):
-    """The reconciler's own knobs (environment variables named in upper case)."""
-
-    model_config = ConfigDict(frozen=True)
-
-    reconcile_pending_grace_seconds: int = Field(default=300, ge=0, le=7 * 86400)
-    reconcile_stale_seconds: int = Field(default=600, ge=0, le=7 * 86400)
-    reconcile_max_job_age_seconds: int = Field(default=86400, ge=60, le=30 * 86400)
-    reconcile_max_jobs_per_run: int = Field(default=200, ge=1, le=10000)
-    reconcile_max_copy_attempts: int = Field(default=3, ge=1, le=100)
-    reconcile_max_dead_letters_per_run: int = Field(default=50, ge=0, le=1000)
-    reconcile_concurrency: int = Field(default=4, ge=1, le=32)
-    reconcile_safety_margin_seconds: float = Field(default=30.0, ge=0, le=600)
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> ReconcileOptions:
-        """Read RECONCILE_* (unset or empty: the default); ConfigurationError names every bad variable."""
-        source = os.environ if env is None else env
-        values = {name: source[name.upper()] for name in cls.model_fields if source.get(name.upper(), "").strip()}
-        try:
-            return cls.model_validate(values)
-        except ValidationError as exc:
-            problems = [
-                f"{'.'.join(map(str, e['loc'])).upper()}: {e['msg']} (got {e['input']!r})" for e in exc.errors()
-            ]
-            raise ConfigurationError(f"invalid environment: {'; '.join(problems)}") from exc
-
-    @property
-    def pending_grace(self) -> timedelta:
-        return timedelta(seconds=self.reconcile_pending_grace_seconds)
-
-    @property
-    def stale(self) -> timedelta:
-        return timedelta(seconds=self.reconcile_stale_seconds)
-
-    @property
-    def max_job_age(self) -> timedelta:
-        return timedelta(seconds=self.reconcile_max_job_age_seconds)
 
 
 class Step(StrEnum):
@@ -119,19 +70,6 @@ def open_jobs_cutoff(now: datetime, options: ReconcileOptions) -> str:
     return iso_timestamp(now - quiet + timedelta(milliseconds=1))
 
 
-def parse_timestamp(value: str) -> datetime | None:
-    try:
-        parsed = datetime.fromisoformat(value)
-    except (TypeError, ValueError):
-        return None
-    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
-
-
-def iso_timestamp(moment: datetime) -> str:
-    """The record's timestamp format (utc_now_iso): `2026-11-28T17:38:32.123Z`, which sorts lexically."""
-    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 @dataclass(frozen=True)
 class ExpiredUrl:
     """A result image whose URL answered as if it had been deleted."""
@@ -145,19 +83,16 @@ class ExpiredUrl:
             f"{self.label} download failed: HTTP {self.status} from {self.url}: result URL expired or removed "
             f"(Kling deletes results after 30 days, some relays sooner; {attempts} copy attempts)"
         )
-        return JobError(RESULT_URL_EXPIRED, message)
+        return JobError(
+            code=ErrorCode.RESULT_URL_EXPIRED, message=message, image=self.label, url=self.url, http_status=self.status
+        )
 
 
-def expired_result_url(copy_error: JobError | Mapping[str, Any] | None) -> ExpiredUrl | None:
-    """The first image of a failed copy whose URL answered 403/404/410, if any."""
-    if copy_error is None:
+def expired_result_url(copy_error: JobError | None) -> ExpiredUrl | None:
+    """The download of a failed copy whose URL answered as deleted (403/404/410), if that is why it failed."""
+    if copy_error is None or copy_error.http_status not in GONE_STATUSES or copy_error.url is None:
         return None
-    message = copy_error.message if isinstance(copy_error, JobError) else str(copy_error.get("message", ""))
-    for match in _HTTP_FAILURE.finditer(message):
-        status = int(match["status"])
-        if status in GONE_STATUSES:
-            return ExpiredUrl(match["label"], match["url"], status)
-    return None
+    return ExpiredUrl(copy_error.image or "image", copy_error.url, copy_error.http_status)
 
 
 def timed_out_error(job: JobRecord, now: datetime, options: ReconcileOptions, detail: str | None = None) -> JobError:
@@ -170,7 +105,7 @@ def timed_out_error(job: JobRecord, now: datetime, options: ReconcileOptions, de
         message += f"; Kling task {job.kling_task_id}, last Kling status {job.kling_status or 'unknown'}"
     if detail:
         message += f"; {detail}"
-    return JobError(TIMED_OUT, message)
+    return JobError(code=ErrorCode.TIMED_OUT, message=message)
 
 
 def duration(span: timedelta) -> str:

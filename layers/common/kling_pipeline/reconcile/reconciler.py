@@ -18,43 +18,33 @@ from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any
 
 from aws_lambda_powertools import Logger
 
-from kling_pipeline.adapters.dynamodb import JobStore
+from kling_pipeline.contract.clock import iso_timestamp, utc_now
 from kling_pipeline.contract.errors import JobError
-from kling_pipeline.contract.record import JobRecord
+from kling_pipeline.contract.lease import Lease
+from kling_pipeline.contract.record import COPY_ERROR, RECONCILED_AT, JobRecord
+from kling_pipeline.contract.settings import ReconcileOptions
 from kling_pipeline.contract.status import JobStatus
-from kling_pipeline.kling import KlingError, KlingTask
-from kling_pipeline.progress import COPY_ATTEMPTS, COPY_ERROR, JobProgress, Outcome, ProgressResult, TaskMismatchError
+from kling_pipeline.kling.errors import KlingError
+from kling_pipeline.kling.task import KlingTask
+from kling_pipeline.ports import JobRecords, KlingTasks
+from kling_pipeline.progress import JobProgress, Outcome, ProgressResult, TaskMismatchError
 from kling_pipeline.reconcile.dead_letters import DeadLetterOutcome, DeadLetterSweeper
 from kling_pipeline.reconcile.policy import (
-    ReconcileOptions,
     Step,
     expired_result_url,
     is_too_old,
-    iso_timestamp,
     next_step,
     open_jobs_cutoff,
     timed_out_error,
 )
-from kling_pipeline.runtime.per_thread import PerThread
-from kling_pipeline.submit.lease import Lease
-
-RECONCILED_AT = "reconciled_at"
 
 logger = Logger(child=True)
-
-
-class KlingTasks(Protocol):
-    """Kling's query API (KlingClient satisfies it)."""
-
-    def get_task(self, task_id: str) -> KlingTask: ...
-
-    def find_task_by_external_id(self, external_task_id: str) -> KlingTask | None: ...
 
 
 class JobOutcome(StrEnum):
@@ -99,16 +89,12 @@ class RunReport:
         }
 
 
-def utc_now() -> datetime:
-    return datetime.now(UTC)
-
-
 class JobReconciler:
-    """Brings one open job up to date with Kling. Not thread-safe (its JobStore is not): one per thread."""
+    """Brings one open job up to date with Kling (thread-safe when its ports are)."""
 
     def __init__(
         self,
-        store: JobStore,
+        store: JobRecords,
         kling: KlingTasks,
         progress: JobProgress,
         options: ReconcileOptions,
@@ -158,7 +144,7 @@ class JobReconciler:
         return self._no_progress(job, now, JobOutcome.UNCHANGED, f"Kling reports {task.task_status!r}")
 
     def _copy_failed(self, job: JobRecord, now: datetime, error: JobError | None) -> JobReport:
-        attempts = _int_attribute(job, COPY_ATTEMPTS)
+        attempts = job.copies_tried
         expired = expired_result_url(error)
         if expired is not None and attempts >= self._options.reconcile_max_copy_attempts:
             return self._fail(job, expired.error(attempts), JobOutcome.EXPIRED)
@@ -191,19 +177,18 @@ class Reconciler:
 
     def __init__(
         self,
-        store: JobStore,
-        job_reconciler: Callable[[], JobReconciler],
+        store: JobRecords,
+        job_reconciler: JobReconciler,
         options: ReconcileOptions,
         *,
         dead_letters: DeadLetterSweeper | None = None,
         clock: Callable[[], datetime] = utc_now,
     ) -> None:
-        """`job_reconciler()` builds one JobReconciler; each worker thread calls it once and keeps the result."""
         self._store = store
         self._options = options
         self._dead_letters = dead_letters
         self._clock = clock
-        self._workers = PerThread(job_reconciler)
+        self._job_reconciler = job_reconciler
         self._executor = ThreadPoolExecutor(max_workers=options.reconcile_concurrency, thread_name_prefix="reconcile")
 
     def run(self, deadline: float) -> RunReport:
@@ -234,7 +219,7 @@ class Reconciler:
             return JobReport(job.job_id, JobOutcome.DEFERRED)
         logger.thread_safe_append_keys(job_id=job.job_id, status=job.status.value)
         try:
-            job_report = self._workers.get().reconcile(job, deadline=deadline)
+            job_report = self._job_reconciler.reconcile(job, deadline=deadline)
         except Exception:
             # One job's surprise (a DynamoDB error, a bug) must not stop the others; it is retried next run.
             logger.exception("reconciling the job failed unexpectedly")
@@ -243,8 +228,3 @@ class Reconciler:
             logger.info("job reconciled", extra={"outcome": job_report.outcome.value, "detail": job_report.detail})
         logger.thread_safe_remove_keys(["job_id", "status"])
         return job_report
-
-
-def _int_attribute(job: JobRecord, name: str) -> int:
-    value = (job.model_extra or {}).get(name, 0)
-    return value if isinstance(value, int) else 0

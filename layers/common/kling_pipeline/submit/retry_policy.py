@@ -15,10 +15,11 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from kling_pipeline.contract.settings import MAX_VISIBILITY_SECONDS
+
 DEFAULT_BASE_SECONDS = 10.0
 DEFAULT_CAP_SECONDS = 900.0
 DEFAULT_MAX_ATTEMPTS = 5
-MAX_VISIBILITY_SECONDS = 43200  # SQS's limit for a message's visibility timeout
 BUSY_BASE_SECONDS = 2.0
 
 

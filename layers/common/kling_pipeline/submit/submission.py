@@ -3,80 +3,37 @@
 Exactly one Kling task per job under at-least-once delivery and crashes:
 - the job is recorded `pending` with a conditional write before Kling is called; a delivery that finds it
   submitted or final does nothing;
-- a `pending` job is worked on only by the holder of its lease (see submit_lease), and a holder that did not
+- a `pending` job is worked on only by the holder of its lease (see contract/lease.py), and a holder that did not
   create the record itself first looks the job up at Kling by its external_task_id (an earlier attempt may
   have died after Kling accepted the task) and creates it only when Kling has none;
 - Kling refusing a duplicate external_task_id is answered by looking the task up and adopting it.
 
-No Lambda or AWS types here: the records, leases, Kling and image URLs are ports (Protocols below).
+No Lambda or AWS types here: the records, leases, Kling and image URLs are ports (kling_pipeline.ports).
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Literal, Protocol
 
 from aws_lambda_powertools import Logger
-from pydantic import TypeAdapter, ValidationError
 
-from kling_pipeline.contract.errors import InvalidJobError, JobError
-from kling_pipeline.contract.job import Job, JobId, S3Location, parse_job
-from kling_pipeline.contract.record import JobRecord
+from kling_pipeline.contract.clock import now_millis
+from kling_pipeline.contract.errors import ErrorCode, InvalidJobError, JobError
+from kling_pipeline.contract.job import Job, job_id_in, parse_job
+from kling_pipeline.contract.lease import Lease
+from kling_pipeline.contract.record import LEASE_ATTRIBUTES, JobRecord
 from kling_pipeline.contract.status import JobStatus
-from kling_pipeline.kling import KlingError, KlingPermanentError, KlingRetryableError, KlingTask
-from kling_pipeline.submit.lease import LEASE_ATTRIBUTES, Lease, now_millis
+from kling_pipeline.kling.errors import KlingError, KlingPermanentError, KlingRetryableError
+from kling_pipeline.kling.task import KlingTask
+from kling_pipeline.ports import ImageUnavailableError, ImageUrls, JobRecords, KlingTasks, Source, SubmitLeases
 from kling_pipeline.submit.retry_policy import RetryPolicy
 
 # Kling's answer to a second create with the same external_task_id (1201, "invalid parameter"): look it up.
 DUPLICATE_EXTERNAL_ID_CODES = frozenset({1201})
 
 logger = Logger(child=True)
-_job_id = TypeAdapter(JobId)
-
-
-class JobRecords(Protocol):
-    """The part of kling_pipeline.store.JobStore submission uses."""
-
-    def get(self, job_id: str) -> JobRecord | None: ...
-
-    def create(self, record: JobRecord) -> bool: ...
-
-    def advance(
-        self, job_id: str, to: JobStatus, *, changes: Mapping[str, Any] | None = None, remove: Iterable[str] = ()
-    ) -> JobRecord | None: ...
-
-
-class SubmitLeases(Protocol):
-    def take(self, job_id: str, lease: Lease) -> bool:
-        """Record `lease` on a pending job whose lease is absent or expired; False if the job is not free."""
-        ...
-
-    def release(self, job_id: str, owner: str) -> None:
-        """Drop `owner`'s lease, if it still holds it."""
-        ...
-
-
-class KlingTasks(Protocol):
-    def create_task(self, body: Mapping[str, Any]) -> KlingTask: ...
-
-    def find_task_by_external_id(self, external_task_id: str) -> KlingTask | None: ...
-
-
-class ImageUrls(Protocol):
-    def url_for(self, location: S3Location) -> str:
-        """A URL Kling can fetch the image from; ImageUnavailableError when it cannot be sent."""
-        ...
-
-
-class ImageUnavailableError(Exception):
-    """The job's image_s3 object cannot be sent to Kling (missing, unreadable, too large)."""
-
-    def __init__(self, error: JobError) -> None:
-        self.error = error
-        super().__init__(error.message)
 
 
 @dataclass(frozen=True)
@@ -86,7 +43,7 @@ class QueuedJob:
     message_id: str
     body: str
     attempt: int
-    source: Literal["sqs", "s3"]
+    source: Source
     lease_seconds: float
 
 
@@ -109,7 +66,7 @@ class Outcome:
     kind: OutcomeKind
     job_id: str
     kling_task_id: str | None = None
-    error: Mapping[str, Any] | None = None
+    error: JobError | None = None
     delay_seconds: int | None = None
 
     @property
@@ -196,7 +153,7 @@ class Submission:
             return self._record_task(job.job_id, *self._create(job))
         except ImageUnavailableError as unavailable:
             logger.warning("job's image cannot be sent: %s", unavailable)
-            return self._fail(job.job_id, unavailable.error.as_dict(), OutcomeKind.FAILED)
+            return self._fail(job.job_id, unavailable.error, OutcomeKind.FAILED)
         except KlingPermanentError as refusal:
             logger.warning("Kling refused the job for good: %s", refusal)
             return self._fail(job.job_id, kling_job_error(refusal), OutcomeKind.FAILED)
@@ -234,7 +191,7 @@ class Submission:
                 if task is not None:
                     return self._record_task(job_id, task, OutcomeKind.ADOPTED)
             error = kling_job_error(later)
-            error["message"] = f"{error['message']} (gave up after {queued.attempt} attempts)"
+            error = error.model_copy(update={"message": f"{error.message} (gave up after {queued.attempt} attempts)"})
             logger.warning("Kling still says later on the last allowed attempt: %s", later)
             return self._fail(job_id, error, OutcomeKind.GAVE_UP)
         self._leases.release(job_id, lease.owner)
@@ -249,16 +206,16 @@ class Submission:
             logger.warning("could not look the job up at Kling: %s", error)
             return None
 
-    def _fail(self, job_id: str, error: dict[str, Any], kind: OutcomeKind) -> Outcome:
-        changes = {"error": error}
+    def _fail(self, job_id: str, error: JobError, kind: OutcomeKind) -> Outcome:
+        changes = {"error": error.as_dict()}
         if self._records.advance(job_id, JobStatus.FAILED, changes=changes, remove=LEASE_ATTRIBUTES) is None:
             logger.warning("job could not be marked failed: it is no longer open")
         return Outcome(kind, job_id, error=error)
 
     def _reject(self, queued: QueuedJob, problem: InvalidJobError) -> Outcome:
-        job_id = readable_job_id(queued.body) or queued.message_id
+        job_id = job_id_in(queued.body) or queued.message_id
         self._log_context(job_id=job_id)
-        error = problem.to_job_error().as_dict()
+        error = problem.to_job_error()
         failed = JobRecord(job_id=job_id, status=JobStatus.FAILED, source=queued.source, error=error)
         if self._records.create(failed):
             logger.warning("invalid job rejected: %s", problem)
@@ -274,23 +231,9 @@ class Submission:
             logger.exception("could not release the submit lease; it expires on its own")
 
 
-def kling_job_error(error: KlingError) -> dict[str, Any]:
+def kling_job_error(error: KlingError) -> JobError:
     """The record's `error` for a Kling failure: Kling's code and message, or what went wrong on the way."""
     if error.code is not None:
-        return {"code": error.code, "message": error.message}
-    code = "kling_unavailable" if isinstance(error, KlingRetryableError) else "kling_error"
-    return {"code": code, "message": str(error)}
-
-
-def readable_job_id(body: str) -> str | None:
-    """The job_id of a message that is not a valid job, when it names a usable one."""
-    try:
-        value = json.loads(body)
-    except (ValueError, RecursionError):
-        return None
-    if not isinstance(value, dict):
-        return None
-    try:
-        return _job_id.validate_python(value.get("job_id"), strict=True)
-    except ValidationError:
-        return None
+        return JobError(code=error.code, message=error.message)
+    code = ErrorCode.KLING_UNAVAILABLE if isinstance(error, KlingRetryableError) else ErrorCode.KLING_ERROR
+    return JobError(code=code, message=str(error))

@@ -1,0 +1,189 @@
+"""The ports: what the use cases need from the outside world, one Protocol each, and the values that cross them.
+
+Use cases (submit/, ingest/, reconcile/, webhook/, progress.py) depend on these alone; adapters/ implements
+them on AWS, kling/ on Kling's API, and tests/fakes.py in memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+from kling_pipeline.contract.errors import ErrorCode, JobError, RaisedJobError
+from kling_pipeline.contract.job import S3Location, job_id_in
+from kling_pipeline.contract.lease import Lease
+from kling_pipeline.contract.record import JobRecord, StoredImage
+from kling_pipeline.contract.status import JobStatus
+from kling_pipeline.kling.task import KlingTask
+
+Source = Literal["sqs", "s3"]
+
+
+class JobRecords(Protocol):
+    """The jobs table. Every write is conditional: `False` / `None` means its condition did not hold."""
+
+    def get(self, job_id: str) -> JobRecord | None: ...
+
+    def create(self, record: JobRecord) -> bool:
+        """Put a new record unless one with the same job id exists."""
+        ...
+
+    def advance(
+        self,
+        job_id: str,
+        to: JobStatus,
+        *,
+        changes: Mapping[str, Any] | None = None,
+        remove: Iterable[str] = (),
+        kling_updated_at: int | None = None,
+        expected_task_id: str | None = None,
+    ) -> JobRecord | None:
+        """Move the job to `to` if the status order allows it; the new record, or None if it did not move.
+
+        `kling_updated_at` makes a Kling report older than the last one applied a no-op; `expected_task_id`
+        refuses a report about another task.
+        """
+        ...
+
+    def update_open(
+        self, job_id: str, *, expected_status: JobStatus, changes: Mapping[str, Any], remove: Iterable[str] = ()
+    ) -> JobRecord | None:
+        """Change attributes of a job that is still in `expected_status` (no status move)."""
+        ...
+
+    def open_jobs(self, *, updated_before: str | None = None, limit: int = 100) -> Iterator[JobRecord]:
+        """Jobs that are not final, quietest first, at most `limit`."""
+        ...
+
+
+class SubmitLeases(Protocol):
+    def take(self, job_id: str, lease: Lease) -> bool:
+        """Record `lease` on a pending job whose lease is absent or expired; False if the job is not free."""
+        ...
+
+    def release(self, job_id: str, owner: str) -> None:
+        """Drop `owner`'s lease, if it still holds it."""
+        ...
+
+
+class KlingTasks(Protocol):
+    """Kling's image-task API (kling.client.KlingClient); failures are kling.errors.KlingError values."""
+
+    def create_task(self, body: Mapping[str, Any]) -> KlingTask: ...
+
+    def get_task(self, task_id: str) -> KlingTask: ...
+
+    def find_task_by_external_id(self, external_task_id: str) -> KlingTask | None: ...
+
+
+class ImageUnavailableError(RaisedJobError):
+    """The job's image_s3 object cannot be sent to Kling (missing, unreadable, too large)."""
+
+
+class ImageUrls(Protocol):
+    def url_for(self, location: S3Location) -> str:
+        """A URL Kling can fetch the image from; ImageUnavailableError when it cannot be sent."""
+        ...
+
+
+@dataclass(frozen=True)
+class CopyResult:
+    """Every image of a task, stored."""
+
+    images: list[StoredImage]
+    objects_copied: int
+    bytes_copied: int
+
+
+class ImageCopyError(RaisedJobError):
+    """An image of a task could not be copied; the error names the image, and a failed download its URL and
+    HTTP status."""
+
+    @classmethod
+    def of(
+        cls, code: ErrorCode, message: str, *, http_status: int | None = None, url: str | None = None
+    ) -> ImageCopyError:
+        return cls(JobError(code=code, message=message, http_status=http_status, url=url))
+
+
+class TaskImageCopier(Protocol):
+    def copy_task_images(self, job_id: str, task: KlingTask, *, deadline: float | None = None) -> CopyResult:
+        """Store every image of a succeeded task; ImageCopyError if any fails. `deadline` is time.monotonic()."""
+        ...
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """One message received from the jobs DLQ."""
+
+    message_id: str
+    receipt_handle: str
+    body: str
+    receive_count: int  # SQS keeps counting across the redrive: the jobs queue's receives plus the DLQ's
+    source: Source = "sqs"
+
+    @property
+    def job_id(self) -> str:
+        """The job the message was for, decided as submit decides it."""
+        return job_id_in(self.body) or self.message_id
+
+    def error(self) -> JobError:
+        receives = self.receive_count - 1  # this receive, from the DLQ, is not one of the job's deliveries
+        if receives > 0:
+            how = f"was moved to the jobs dead-letter queue after {receives} receives"
+        else:
+            how = "reached the jobs dead-letter queue before the submit function received it"
+        message = (
+            f"the job's message {how}, and the job was never submitted to Kling "
+            f"(SQS message {self.message_id}); the submit function's log has the cause of each attempt"
+        )
+        return JobError(code=ErrorCode.DEAD_LETTERED, message=message)
+
+
+class DeadLetterQueue(Protocol):
+    def receive(self, max_messages: int) -> list[DeadLetter]:
+        """Up to `max_messages` (at most one SQS batch) letters; none waiting is an empty list."""
+        ...
+
+    def delete(self, letters: Sequence[DeadLetter]) -> None: ...
+
+
+@dataclass(frozen=True)
+class ObjectRef:
+    """One object version: `version_id` when S3 named one, else `etag` guards against a replaced object."""
+
+    bucket: str
+    key: str
+    version_id: str | None = None
+    etag: str | None = None
+
+    @property
+    def uri(self) -> str:
+        return f"s3://{self.bucket}/{self.key}"
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    size: int
+    metadata: Mapping[str, str]
+
+
+class UploadBucket(Protocol):
+    """The input bucket, as the upload trigger needs it; `None` means the object is gone or was replaced."""
+
+    def head(self, ref: ObjectRef) -> StoredObject | None: ...
+
+    def read(self, ref: ObjectRef, *, max_bytes: int) -> bytes | None:
+        """At most `max_bytes` + 1 bytes, so a caller can tell an object that grew past its limit."""
+        ...
+
+    def add_tags(self, ref: ObjectRef, tags: Mapping[str, str], *, keep_existing: bool = False) -> None:
+        """Best effort: a tag is a courtesy to the uploader, never a reason to fail."""
+        ...
+
+
+class JobQueue(Protocol):
+    def enqueue(self, job: Mapping[str, Any], *, source: Source) -> str:
+        """Queue `job`; returns the message id."""
+        ...
