@@ -53,11 +53,18 @@ def test_entries_are_exact_hosts_host_ports_or_suffixes() -> None:
         (".klingai.com", None, True),
         ("::1", 9000, False),
     ]
+    # A scheme or port says explicitly what an entry admits beyond https on 443 (hardening #12).
+    explicit = parse_allowlist(["http://cdn.klingai.com", ".klingai.com:8443", "HTTPS://.relay.example"])
+    assert [(entry.host, entry.port, entry.scheme) for entry in explicit] == [
+        ("cdn.klingai.com", None, "http"),
+        (".klingai.com", 8443, None),
+        (".relay.example", None, "https"),
+    ]
 
 
 @pytest.mark.parametrize(
     "entry",
-    ["http://cdn.klingai.com", "cdn.klingai.com/path", "*.klingai.com", ".klingai.com:443", "host:port", "user@host"],
+    ["ftp://cdn.klingai.com", "cdn.klingai.com/path", "*.klingai.com", "https://", "host:port", "user@host"],
 )
 def test_malformed_entries_are_refused_with_the_entry_named(entry: str) -> None:
     with pytest.raises(ValueError, match="IMAGE_HOST_ALLOWLIST"):
@@ -328,3 +335,69 @@ def test_the_request_carries_the_url_host_while_connecting_to_the_checked_addres
         with pytest.raises(FetchError):
             GuardedHttp(guard).open(f"http://images.sim.test:{server.port}/x.png")
     assert seen == [f"images.sim.test:{server.port}"]
+
+
+# -- hardening (issue 13) -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "64:ff9b::a00:1",  # NAT64 of 10.0.0.1
+        "64:ff9b::a9fe:a9fe",  # NAT64 of 169.254.169.254
+        "64:ff9b:1::7f00:1",  # local-use NAT64 of 127.0.0.1
+        "::10.0.0.1",  # IPv4-compatible
+        "::127.0.0.1",
+        "::ffff:0:a00:1",  # IPv4-translated
+        "2002:a00:1::1",  # 6to4 of 10.0.0.1
+        "fec0::1",  # site-local
+        "fec0:0:0:ffff::1",
+    ],
+)
+def test_nat64_ipv4_compatible_and_site_local_addresses_are_refused(address: str) -> None:
+    """Regression (hardening #11): addresses that embed, or are, a non-public address pass no suffix entry."""
+    assert not is_public_address(ipaddress.ip_address(address))
+    guard = _guard(".klingai.com", dns={"cdn.klingai.com": [address]})
+    with pytest.raises(UrlNotAllowedError, match="non-public address"):
+        guard.check("https://cdn.klingai.com/x.png")
+
+
+@pytest.mark.parametrize("address", ["64:ff9b::808:808", "2002:808:808::1", "2606:4700::1111"])
+def test_addresses_embedding_a_public_address_stay_public(address: str) -> None:
+    assert is_public_address(ipaddress.ip_address(address))
+
+
+@pytest.mark.parametrize(
+    "url", ["http://cdn.klingai.com/x.png", "https://cdn.klingai.com:8443/x.png", "http://cdn.klingai.com:443/x.png"]
+)
+def test_a_suffix_entry_admits_https_on_443_only(url: str) -> None:
+    """Regression (hardening #12): `.suffix` means https on port 443, not plain http or any port."""
+    guard = _guard(".klingai.com", dns={"cdn.klingai.com": [PUBLIC_IP]})
+    with pytest.raises(UrlNotAllowedError, match="not in IMAGE_HOST_ALLOWLIST"):
+        guard.check(url)
+    assert guard.check("https://cdn.klingai.com/x.png").port == 443
+
+
+def test_a_suffix_entry_may_say_http_or_another_port_explicitly() -> None:
+    dns = {"cdn.relay.example": [PUBLIC_IP]}
+    assert _guard("http://.relay.example", dns=dns).check("http://cdn.relay.example/x.png").port == 80
+    assert _guard(".relay.example:8443", dns=dns).check("https://cdn.relay.example:8443/x.png").port == 8443
+    with pytest.raises(UrlNotAllowedError):
+        _guard(".relay.example:8443", dns=dns).check("https://cdn.relay.example/x.png")
+    with pytest.raises(UrlNotAllowedError):
+        _guard("https://.relay.example", dns=dns).check("http://cdn.relay.example/x.png")
+
+
+def test_connection_pools_are_bounded_and_the_oldest_closed() -> None:
+    """Regression (hardening #13): one pool per resolved address, never evicted, grew without bound."""
+    http = GuardedHttp(UrlGuard([".klingai.com"]), max_pools=3)
+    destinations = [
+        UrlGuard([".klingai.com"], resolver=lambda host, port, i=i: [f"93.184.216.{i}"]).check(
+            f"https://cdn{i}.klingai.com/x.png"
+        )
+        for i in range(1, 6)
+    ]
+    pools = [http._pool(destination) for destination in destinations]
+    assert len(http._pools) == 3
+    assert [pool.pool is None for pool in pools] == [True, True, False, False, False]  # the two oldest closed
+    assert http._pool(destinations[-1]) is pools[-1]  # reused, not rebuilt

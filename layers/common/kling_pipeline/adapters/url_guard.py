@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit
@@ -22,6 +23,7 @@ from urllib3.exceptions import HTTPError as Urllib3Error
 from kling_pipeline.contract.errors import ErrorCode
 
 MAX_REDIRECTS = 3
+MAX_POOLS = 32  # connection pools kept per GuardedHttp (one per host and checked address)
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 DEFAULT_PORTS = {"http": 80, "https": 443}
 USER_AGENT = "kling-pipeline/0.1 (image copy)"
@@ -53,19 +55,28 @@ class FetchError(Exception):
 
 @dataclass(frozen=True)
 class AllowEntry:
-    """`host` (any port), `host:port`, or `.suffix` (any subdomain of suffix, not the suffix itself)."""
+    """One IMAGE_HOST_ALLOWLIST entry: `[scheme://]host[:port]` or `[scheme://].suffix[:port]`.
+
+    An exact `host` admits that host on any port over http or https (it was named on purpose, e.g. a local
+    simulator). A `.suffix` admits its subdomains (not the suffix itself) over https on 443 only, unless the
+    entry says otherwise: `http://.suffix` also admits plain http on 80, `.suffix:8443` that port instead.
+    A scheme on an exact entry restricts it to that scheme.
+    """
 
     host: str
     port: int | None = None
+    scheme: str | None = None
 
     @property
     def is_suffix(self) -> bool:
         return self.host.startswith(".")
 
-    def matches(self, host: str, port: int) -> bool:
+    def matches(self, scheme: str, host: str, port: int) -> bool:
         if self.is_suffix:
-            return host.endswith(self.host) and len(host) > len(self.host)
-        return host == self.host and self.port in (None, port)
+            schemes = ("https", "http") if self.scheme == "http" else ("https",)
+            wanted = self.port if self.port is not None else DEFAULT_PORTS[scheme]
+            return scheme in schemes and port == wanted and host.endswith(self.host) and len(host) > len(self.host)
+        return host == self.host and self.port in (None, port) and self.scheme in (None, scheme)
 
 
 def parse_allowlist(entries: Iterable[str]) -> tuple[AllowEntry, ...]:
@@ -75,16 +86,21 @@ def parse_allowlist(entries: Iterable[str]) -> tuple[AllowEntry, ...]:
         entry = raw.strip().lower()
         if not entry:
             continue
+        scheme, has_scheme, rest = entry.partition("://")
+        if not has_scheme:
+            scheme, rest = "", entry
         try:
-            split = urlsplit(f"//{entry}")
+            split = urlsplit(f"//{rest}")
             host, port = _normalise_host(split.hostname or ""), split.port
         except ValueError:
             host, port = "", None
-        if not host or split.path or split.query or split.username is not None or "*" in entry:
-            raise ValueError(f"IMAGE_HOST_ALLOWLIST: entry {raw!r} must be a host, host:port or .suffix")
-        if host.startswith(".") and port is not None:
-            raise ValueError(f"IMAGE_HOST_ALLOWLIST: suffix entry {raw!r} must not carry a port")
-        parsed.append(AllowEntry(host, port))
+        malformed = not host or split.path or split.query or split.username is not None or "*" in entry
+        if malformed or (has_scheme and scheme not in DEFAULT_PORTS):
+            raise ValueError(
+                f"IMAGE_HOST_ALLOWLIST: entry {raw!r} must be a host, host:port or .suffix, "
+                "optionally after http:// or https://"
+            )
+        parsed.append(AllowEntry(host, port, scheme or None))
     return tuple(parsed)
 
 
@@ -95,10 +111,35 @@ def system_resolver(host: str, port: int) -> list[str]:
 
 
 def is_public_address(address: IpAddress) -> bool:
-    """False for loopback, private, link-local (incl. 169.254.169.254), CGNAT, multicast, reserved, unspecified."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return is_public_address(address.ipv4_mapped)
+    """False for loopback, private, link-local (incl. 169.254.169.254), CGNAT, multicast, reserved, unspecified
+    and site-local addresses, and for IPv6 addresses that embed a non-public IPv4 address (mapped, translated,
+    compatible, NAT64, 6to4): a gateway would carry a request for one to the address it embeds."""
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.is_site_local:
+            return False
+        embedded = embedded_ipv4(address)
+        if embedded is not None:
+            return is_public_address(embedded)
     return address.is_global and not address.is_multicast
+
+
+_NAT64_PREFIXES = (ipaddress.IPv6Network("64:ff9b::/96"), ipaddress.IPv6Network("64:ff9b:1::/48"))
+_COMPATIBLE = ipaddress.IPv6Network("::/96")
+_TRANSLATED = ipaddress.IPv6Network("::ffff:0:0:0/96")
+
+
+def embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 address carries by one of the standard embeddings, if any."""
+    if address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    if address.sixtofour is not None:
+        return address.sixtofour
+    last_32_bits = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    if any(address in prefix for prefix in _NAT64_PREFIXES) or address in _TRANSLATED:
+        return last_32_bits
+    if address in _COMPATIBLE and int(address) > 1:  # `::` and `::1` are themselves non-public
+        return last_32_bits
+    return None
 
 
 @dataclass(frozen=True)
@@ -139,9 +180,9 @@ class UrlGuard:
         if parts.username is not None or parts.password is not None:
             raise UrlNotAllowedError(f"url: must not carry credentials (host {host})")
         port = port or DEFAULT_PORTS[scheme]
-        matching = [entry for entry in self._entries if entry.matches(host, port)]
+        matching = [entry for entry in self._entries if entry.matches(scheme, host, port)]
         if not matching:
-            raise UrlNotAllowedError(f"url: host {host}:{port} is not in IMAGE_HOST_ALLOWLIST")
+            raise UrlNotAllowedError(f"url: {scheme}://{host}:{port} is not in IMAGE_HOST_ALLOWLIST")
         exact = any(not entry.is_suffix for entry in matching)
         addresses = self._addresses(host, port)
         if not exact:
@@ -179,12 +220,16 @@ class GuardedHttp:
         read_timeout: float = 15.0,
         max_redirects: int = MAX_REDIRECTS,
         pool_size: int = 4,
+        max_pools: int = MAX_POOLS,
     ) -> None:
         self._guard = guard
         self._timeout = urllib3.Timeout(connect=connect_timeout, read=read_timeout)
         self._max_redirects = max_redirects
         self._pool_size = pool_size
-        self._pools: dict[tuple[str, str, int, str], urllib3.HTTPConnectionPool] = {}
+        # Least recently used first; a long-lived container meets many CDN addresses, so the oldest pool is
+        # closed once there are `max_pools` (its connections in use close when they are put back).
+        self._pools: OrderedDict[tuple[str, str, int, str], urllib3.HTTPConnectionPool] = OrderedDict()
+        self._max_pools = max_pools
         self._lock = threading.Lock()
 
     def open(self, url: str) -> urllib3.BaseHTTPResponse:
@@ -220,7 +265,7 @@ class GuardedHttp:
 
     def close(self) -> None:
         with self._lock:
-            pools, self._pools = list(self._pools.values()), {}
+            pools, self._pools = list(self._pools.values()), OrderedDict()
         for pool in pools:
             pool.close()
 
@@ -249,12 +294,17 @@ class GuardedHttp:
 
     def _pool(self, destination: Destination) -> urllib3.HTTPConnectionPool:
         key = (destination.scheme, destination.address, destination.port, destination.host)
+        evicted: list[urllib3.HTTPConnectionPool] = []
         with self._lock:
             pool = self._pools.get(key)
             if pool is None:
-                pool = self._new_pool(destination)
-                self._pools[key] = pool
-            return pool
+                pool = self._pools[key] = self._new_pool(destination)
+                while len(self._pools) > self._max_pools:
+                    evicted.append(self._pools.popitem(last=False)[1])
+            self._pools.move_to_end(key)
+        for old in evicted:
+            old.close()
+        return pool
 
     def _new_pool(self, destination: Destination) -> urllib3.HTTPConnectionPool:
         # Connect to the checked address; TLS still verifies the certificate against the host name.
