@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import re
 from datetime import timedelta
 
 import pytest
@@ -166,3 +168,22 @@ def test_ingest_needs_its_queue_and_bucket() -> None:
         load_environment(IngestEnvironment, {"JOBS_TABLE": "jobs"})
     assert "JOBS_QUEUE_URL: is required" in str(raised.value)
     assert "INPUT_BUCKET: is required" in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("secret", "problem"),
+    [
+        ("not-a-secret", "must be a Standard Webhooks secret starting with whsec_"),
+        ("whsec_abc!", "must be whsec_ followed by base64"),
+        ("whsec_a", "must be whsec_ followed by base64"),
+        ("whsec_c2hvcnQ=", "must hold a key of 24 to 64 bytes (got 5)"),
+    ],
+)
+def test_a_malformed_kling_webhook_secret_fails_the_cold_start(secret: str, problem: str) -> None:
+    """Regression (hardening #14): found at cold start, not by the first callback (then every one refused)."""
+    env = {**SUBMIT, "IMAGES_BUCKET": "images", "KLING_WEBHOOK_SECRET": secret}
+    with pytest.raises(ConfigurationError, match=f"KLING_WEBHOOK_SECRET: {re.escape(problem)}") as raised:
+        load_environment(WebhookEnvironment, env)
+    assert secret not in str(raised.value)  # never echoed into the log
+    good = "whsec_" + base64.b64encode(b"k" * 32).decode()
+    assert load_environment(WebhookEnvironment, {**env, "KLING_WEBHOOK_SECRET": good}).kling_webhook_secret == good

@@ -7,6 +7,8 @@ variable. Where one of several variables will do (a key or its secret's ARN), `O
 
 from __future__ import annotations
 
+import base64
+import binascii
 from datetime import timedelta
 from typing import ClassVar
 
@@ -166,6 +168,26 @@ class SubmitEnvironment(FunctionEnvironment, KlingAccess, WebhookSecretSource, S
 class WebhookEnvironment(FunctionEnvironment, KlingAccess, WebhookSecretSource, ImageCopyOptions):
     images_bucket: str
     kling_webhook_secret: str | None = None  # whsec_...: Kling's signed callbacks are verified too
+
+    @field_validator("kling_webhook_secret")
+    @classmethod
+    def _standard_webhooks_secret(cls, value: str | None) -> str | None:
+        # Checked here, at cold start: a malformed secret would otherwise refuse every signed callback.
+        if value is not None:
+            signing_key_problem(value)
+        return value
+
+
+def signing_key_problem(secret: str) -> None:
+    """A Standard Webhooks secret is `whsec_` + base64 of 24 to 64 random bytes; ValueError says what is wrong."""
+    if not secret.startswith("whsec_"):
+        raise ValueError("must be a Standard Webhooks secret starting with whsec_")
+    try:
+        key = base64.b64decode(secret.removeprefix("whsec_"), validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("must be whsec_ followed by base64 (no spaces or line breaks)") from None
+    if not 24 <= len(key) <= 64:
+        raise ValueError(f"must hold a key of 24 to 64 bytes (got {len(key)})")
 
 
 class IngestEnvironment(FunctionEnvironment):

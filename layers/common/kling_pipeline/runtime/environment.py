@@ -13,6 +13,7 @@ from kling_pipeline.contract.errors import ConfigurationError
 from kling_pipeline.contract.settings import FunctionEnvironment
 
 E = TypeVar("E", bound=FunctionEnvironment)
+_SENSITIVE = ("SECRET", "KEY", "TOKEN", "PASSWORD")
 
 
 def load_environment(model: type[E], env: Mapping[str, str] | None = None) -> E:
@@ -43,4 +44,6 @@ def _problem(error: ErrorDetails) -> str:
     message = error["msg"].removeprefix("Value error, ")
     if not name:  # a rule across variables: its message names them
         return message
+    if any(word in name for word in _SENSITIVE):  # a secret's value must not reach the log
+        return f"{name}: {message}"
     return f"{name}: {message} (got {error['input']!r})"
