@@ -255,6 +255,9 @@ INVALID_JOB_CASES: list[tuple[str, dict[str, Any], str]] = [
     _case("job-id-slash", "job_id: may only contain letters, digits", job_id="jobs/1"),
     _case("job-id-empty", "job_id: must not be empty", job_id=""),
     _case("job-id-number", "job_id: must be a string (got 17)", job_id=17),
+    # Regression (hardening #9): dot segments vanish from the callback URL and climb out of the S3 prefix.
+    _case("job-id-dot", 'job_id: must not be "." or ".."', job_id="."),
+    _case("job-id-dot-dot", 'job_id: must not be "." or ".."', job_id=".."),
     # fields that belong to the pipeline, unknown fields
     _case(
         "callback-url",

@@ -27,7 +27,7 @@ URL_IMAGES = (
     "https://example.com:8443/path%20with%20escapes/x.jpeg",
 )
 
-job_ids = st.from_regex(r"[A-Za-z0-9_.-]{1,64}", fullmatch=True)
+job_ids = st.from_regex(r"[A-Za-z0-9_.-]{1,64}", fullmatch=True).filter(lambda job_id: job_id not in (".", ".."))
 prompts = st.one_of(
     st.text(min_size=1, max_size=200).filter(lambda text: text.strip() != ""),
     st.integers(1, 2500).map(lambda length: "a fox " * (length // 6) + "x" * (length % 6 or 1)),

@@ -2,7 +2,7 @@
 
 Fields are Kling's create-body fields under Kling's own names, plus `job_id`, `image_s3` and `metadata`.
 `callback_url` and `external_task_id` belong to the pipeline and are rejected. Limits Kling does not set:
-- `job_id`: 1-64 characters of `[A-Za-z0-9_.-]`.
+- `job_id`: 1-64 characters of `[A-Za-z0-9_.-]`, not `.` or `..`.
 - `metadata`: a flat object of at most 32 keys; keys 1-64 characters; values strings of at most 512 characters.
 - `image` as a URL: http or https, at most 4096 characters (room for presigned URLs).
 - `negative_prompt` and `element_list` may not be empty: leave them out instead.
@@ -125,10 +125,19 @@ def _is_http_url(value: str) -> bool:
     return parts.scheme.lower() in ("http", "https") and bool(parts.hostname) and not re.search(r"\s", value)
 
 
+def _not_a_dot_segment(value: str) -> str:
+    # The job id is a path segment (the callback URL) and an S3 key prefix: "." and ".." would be
+    # normalised away, so callbacks could never find the job and its images would land outside its folder.
+    if value in (".", ".."):
+        raise _rule("dot_segment", 'must not be "." or ".." (they are not usable as a URL path segment or S3 prefix)')
+    return value
+
+
 JobId = Annotated[
     str,
     Field(min_length=1, max_length=MAX_JOB_ID_CHARS),
     _matching(_JOB_ID, "may only contain letters, digits, '_', '.' and '-'"),
+    AfterValidator(_not_a_dot_segment),
 ]
 ModelName = Annotated[str, Field(max_length=64), _matching(_MODEL_NAME, 'must be a Kling model name like "kling-v3"')]
 Prompt = Annotated[str, Field(min_length=1, max_length=MAX_PROMPT_CHARS), AfterValidator(_not_blank)]
