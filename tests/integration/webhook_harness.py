@@ -13,11 +13,11 @@ from typing import Any
 
 import boto3
 
-from devstack.http_api_events import WEBHOOK_ROUTE, HttpResponse, http_response, kling_callback_event
+from devstack.events.http_api import WEBHOOK_ROUTE, HttpResponse, http_response, kling_callback_event
+from devstack.events.lambda_context import LambdaContext
 from devstack.kling_simulator import KlingSimulator
-from devstack.lambda_context import LambdaContext
-from devstack.runner.functions import FunctionSpec, LambdaFunction
-from devstack.runner.http_front import HttpApiFront
+from devstack.stack.runner.functions import FunctionSpec, LambdaFunction
+from devstack.stack.runner.http_front import HttpApiFront
 from functions.webhook import app as webhook_app
 from kling_pipeline.adapters.dynamodb import JobStore
 from kling_pipeline.contract.callback_tokens import callback_url

@@ -8,7 +8,7 @@ import json
 import pytest
 from aws_lambda_powertools.utilities.data_classes import APIGatewayProxyEventV2
 
-from devstack.http_api_events import (
+from devstack.events.http_api import (
     WEBHOOK_ROUTE,
     event_for_request,
     http_api_event,

@@ -19,21 +19,21 @@ from pathlib import Path
 
 import boto3
 
-from devstack.aws_resources import AwsResources, create_resources
+from devstack.events.sqs import queue_arn
 from devstack.kling_simulator import KlingSimulator, SimulatorConfig
-from devstack.moto_server import REGION, MotoServer
-from devstack.runner.functions import FunctionSpec, LambdaFunction
-from devstack.runner.http_front import HttpApiFront
-from devstack.runner.s3_notifications import configure_upload_notifications, notification_dispatch
-from devstack.runner.scheduler import Schedule
-from devstack.runner.sqs_poller import QueuePoller, lambda_dispatch
-from devstack.sqs_events import queue_arn
-from devstack.state import StackState, default_state_path
+from devstack.stack.aws_resources import AwsResources, create_resources
+from devstack.stack.moto_server import REGION, MotoServer
+from devstack.stack.runner.functions import FunctionSpec, LambdaFunction
+from devstack.stack.runner.http_front import HttpApiFront
+from devstack.stack.runner.s3_notifications import configure_upload_notifications, notification_dispatch
+from devstack.stack.runner.scheduler import Schedule
+from devstack.stack.runner.sqs_poller import QueuePoller, lambda_dispatch
+from devstack.stack.state import StackState, default_state_path
 from kling_pipeline.runtime.telemetry import METRICS_NAMESPACE
 
 logger = logging.getLogger("devstack.stack")
 
-CODE_ROOT = Path(__file__).resolve().parent.parent
+CODE_ROOT = Path(__file__).resolve().parents[2]
 WEBHOOK_ROUTE = "POST /callbacks/kling/{job_id}"
 
 
@@ -242,9 +242,3 @@ def _remove_own_state(path: Path, pid: int) -> None:
             path.unlink()
     except Exception:  # noqa: S110  (already gone or replaced by another stack: not ours to remove)
         pass
-
-
-if __name__ == "__main__":
-    from devstack.cli_stack import stack_group
-
-    stack_group(prog_name="python -m devstack.stack")

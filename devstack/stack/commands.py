@@ -12,8 +12,8 @@ from typing import Any
 
 import click
 
-from devstack.state import StackState, StateError, default_state_path, pid_alive
-from devstack.target import local_target
+from devstack.stack.state import StackState, StateError, default_state_path, pid_alive
+from devstack.stack.target import local_target
 
 EXIT_NOT_RUNNING = 1
 
@@ -39,7 +39,7 @@ def stack_up(ctx: click.Context, /, state_path: Path | None, detach: bool, **set
     if detach:
         _detach(path, settings)
         return
-    from devstack.stack import StackConfig, run
+    from devstack.stack.local_stack import StackConfig, run
 
     _configure_logging()
     stop = threading.Event()
@@ -56,7 +56,7 @@ def stack_up(ctx: click.Context, /, state_path: Path | None, detach: bool, **set
 @click.pass_context
 def stack_down(ctx: click.Context, state_path: Path | None) -> None:
     """Stop the local stack and everything it started."""
-    from devstack.stack_control import stop_pid
+    from devstack.stack.control import stop_pid
 
     path = _state_path(ctx, state_path)
     try:
@@ -111,7 +111,7 @@ def _state_path(ctx: click.Context, own: Path | None) -> Path:
 
 
 def _detach(path: Path, settings: dict[str, Any]) -> None:
-    from devstack.stack_control import StackStartError, spawn_stack, wait_ready
+    from devstack.stack.control import StackStartError, spawn_stack, wait_ready
 
     args = [f"--{name.replace('_', '-')}={value}" for name, value in settings.items()]
     process = spawn_stack(path, path.parent / "stack.log", args)

@@ -14,13 +14,13 @@ from typing import Any
 import click
 from rich.console import Console
 
-from devstack.cli_stack import stack_group
-from devstack.gallery import write_gallery
-from devstack.jobs import Jobs, object_metadata, upload_metadata_fits
-from devstack.progress import watch
-from devstack.state import STATE_ENV, StateError, default_state_path
-from devstack.target import Target, TargetError, deployed_target, local_target
-from devstack.views import jobs_table, record_details
+from devstack.cli.gallery import write_gallery
+from devstack.cli.jobs import Jobs, object_metadata, upload_metadata_fits
+from devstack.cli.progress import watch
+from devstack.cli.views import jobs_table, record_details
+from devstack.stack.commands import stack_group
+from devstack.stack.state import STATE_ENV, StateError, default_state_path
+from devstack.stack.target import Target, TargetError, deployed_target, local_target
 from kling_pipeline.contract.record import JobRecord
 from kling_pipeline.contract.status import JobStatus
 

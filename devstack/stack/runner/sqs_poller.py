@@ -12,9 +12,9 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from devstack.runner.background import BackgroundLoop
-from devstack.runner.functions import LambdaFunction
-from devstack.sqs_events import lambda_record, sqs_event
+from devstack.events.sqs import lambda_record, sqs_event
+from devstack.stack.runner.background import BackgroundLoop
+from devstack.stack.runner.functions import LambdaFunction
 
 logger = logging.getLogger("devstack.sqs")
 

@@ -7,8 +7,8 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from devstack.runner.background import BackgroundLoop
-from devstack.runner.functions import LambdaFunction
+from devstack.stack.runner.background import BackgroundLoop
+from devstack.stack.runner.functions import LambdaFunction
 
 logger = logging.getLogger("devstack.schedule")
 
