@@ -17,10 +17,11 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from devstack.events import ACCOUNT_ID, REGION
+
 WEBHOOK_ROUTE = "POST /callbacks/kling/{job_id}"
-ACCOUNT_ID = "123456789012"
 API_ID = "localapi01"
-DOMAIN_NAME = f"{API_ID}.execute-api.us-east-1.amazonaws.com"
+DOMAIN_NAME = f"{API_ID}.execute-api.{REGION}.amazonaws.com"
 
 # HTTP APIs pass these bodies as text; every other content type (or none) arrives base64-encoded.
 _TEXT_TYPES = re.compile(r"^(text/.*|application/(json|xml|javascript)|application/[\w.+-]+\+(json|xml))$")

@@ -19,10 +19,11 @@ from pathlib import Path
 
 import boto3
 
+from devstack.events import REGION
 from devstack.events.sqs import queue_arn
 from devstack.kling_simulator import KlingSimulator, SimulatorConfig
 from devstack.stack.aws_resources import AwsResources, create_resources
-from devstack.stack.moto_server import REGION, MotoServer
+from devstack.stack.moto_server import MotoServer
 from devstack.stack.runner.functions import FunctionSpec, LambdaFunction
 from devstack.stack.runner.http_front import HttpApiFront
 from devstack.stack.runner.s3_notifications import configure_upload_notifications, notification_dispatch

@@ -7,12 +7,11 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
+from devstack.events import ACCOUNT_ID
 from devstack.stack.runner.background import BackgroundLoop
 from devstack.stack.runner.functions import LambdaFunction
 
 logger = logging.getLogger("devstack.schedule")
-
-ACCOUNT_ID = "123456789012"
 
 
 def scheduled_event(rule_name: str, region: str) -> dict[str, Any]:
