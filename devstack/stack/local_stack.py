@@ -25,6 +25,7 @@ from devstack.events import REGION
 from devstack.events.http_api import WEBHOOK_ROUTE
 from devstack.events.sqs import queue_arn
 from devstack.kling_simulator import KlingSimulator, SimulatorConfig
+from devstack.shutdown import wait_until_set
 from devstack.stack.aws_resources import AwsResources, create_resources
 from devstack.stack.moto_server import MotoServer
 from devstack.stack.runner.functions import FunctionSpec, LambdaFunction
@@ -275,8 +276,7 @@ def run(config: StackConfig, stop: threading.Event, ready: Callable[[StackState]
     if ready is not None:
         ready(state)
     try:
-        while not stop.wait(0.5):
-            pass
+        wait_until_set(stop)
     finally:
         stack.stop()
     return state
