@@ -63,7 +63,7 @@ bench: $(STAMP)
 # The whole pipeline on one machine: local stack up, one job through SQS and one through an upload,
 # images and gallery.html in ./out/, a summary, stack down (no process left behind).
 demo: $(STAMP)
-	$(BIN)/python -m devstack.demo --out out
+	$(BIN)/python -m devstack.cli.demo --out out
 
 clean:
 	rm -rf $(VENV) $(TOOLS_VENV) $(CHECKOV_VENV) .aws-sam .mypy_cache .pytest_cache .ruff_cache out .devstack

@@ -39,9 +39,9 @@ API_KEY = "bench-key"
 
 def run() -> Table:
     """Start AWS and Kling, measure each mode in a child process, and tabulate."""
-    from devstack.aws_resources import create_resources
     from devstack.kling_simulator import KlingSimulator, SimulatorConfig
-    from devstack.moto_server import MotoServer
+    from devstack.stack.aws_resources import create_resources
+    from devstack.stack.moto_server import MotoServer
     from kling_pipeline.adapters.dynamodb import DynamoJobRecords
     from kling_pipeline.contract.callback_tokens import callback_url
     from kling_pipeline.contract.record import JobRecord
@@ -150,8 +150,8 @@ def _table(results: dict[str, dict[str, Any]]) -> Table:
 
 def _child() -> None:
     spec = json.loads(sys.stdin.read())
-    from devstack.http_api_events import kling_callback_event
-    from devstack.lambda_context import LambdaContext
+    from devstack.events.http_api import kling_callback_event
+    from devstack.events.lambda_context import LambdaContext
     from functions.webhook import app as webhook_app
 
     def invoke(task: dict[str, Any]) -> dict[str, Any]:

@@ -7,10 +7,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from devstack.aws_resources import AwsResources, create_resources
-from devstack.environment import environment_set
 from devstack.kling_simulator import KlingSimulator, SimulatorConfig
-from devstack.moto_server import MotoServer
+from devstack.stack.aws_resources import AwsResources, create_resources
+from devstack.stack.environment import environment_set
+from devstack.stack.moto_server import MotoServer
 
 
 @pytest.fixture(scope="session")

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import sys
-import threading
 from collections.abc import Sequence
-from types import FrameType
 
 from devstack.kling_simulator.config import SimulatorConfig
 from devstack.kling_simulator.faults import Faults
 from devstack.kling_simulator.simulator import KlingSimulator
+from devstack.shutdown import stop_on_signals, wait_until_set
 
 
 def parse_args(argv: Sequence[str] | None = None) -> SimulatorConfig:
@@ -24,7 +22,9 @@ def parse_args(argv: Sequence[str] | None = None) -> SimulatorConfig:
     parser.add_argument("--secret-key")
     parser.add_argument("--processing-delay", type=float, default=0.05, metavar="S")
     parser.add_argument("--succeed-delay", type=float, default=0.1, metavar="S")
-    parser.add_argument("--no-auto-advance", action="store_true", help="tasks move only via /_sim/.../advance")
+    parser.add_argument(
+        "--no-auto-advance", dest="auto_advance", action="store_false", help="tasks move only via /_sim/.../advance"
+    )
     parser.add_argument("--fail-rate", type=float, default=0.0)
     parser.add_argument("--max-concurrency", type=int, help="slots (sum of n of unfinished tasks); over: 1303")
     parser.add_argument(
@@ -39,49 +39,22 @@ def parse_args(argv: Sequence[str] | None = None) -> SimulatorConfig:
     parser.add_argument("--image-height", type=int, default=512)
     parser.add_argument("--image-noise", action="store_true", help="incompressible pixels (big files)")
     parser.add_argument("--seed", type=int)
-    args = parser.parse_args(argv)
+    # Every option is named as the SimulatorConfig field it sets; only --faults needs parsing first.
+    settings = vars(parser.parse_args(argv))
     try:
-        faults = Faults.from_mapping(json.loads(args.faults))
-        return SimulatorConfig(
-            host=args.host,
-            port=args.port,
-            api_key=args.api_key,
-            access_key=args.access_key,
-            secret_key=args.secret_key,
-            processing_delay=args.processing_delay,
-            succeed_delay=args.succeed_delay,
-            auto_advance=not args.no_auto_advance,
-            fail_rate=args.fail_rate,
-            max_concurrency=args.max_concurrency,
-            webhook_secret=args.webhook_secret,
-            callback_wrapped=args.callback_wrapped,
-            callback_on_submit=args.callback_on_submit,
-            public_base_url=args.public_base_url,
-            image_format=args.image_format,
-            image_width=args.image_width,
-            image_height=args.image_height,
-            image_noise=args.image_noise,
-            seed=args.seed,
-            faults=faults,
-        )
+        settings["faults"] = Faults.from_mapping(json.loads(settings["faults"]))
+        return SimulatorConfig(**settings)
     except ValueError as exc:  # json.JSONDecodeError is a ValueError too
         parser.error(str(exc))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     config = parse_args(argv)
-    done = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        done.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    stop = stop_on_signals()
     simulator = KlingSimulator(config).start()
     try:
         print(f"kling-simulator listening on {simulator.base_url}", flush=True)
-        while not done.wait(0.5):  # a timed wait lets the signal handler run promptly
-            pass
+        wait_until_set(stop)
     finally:
         simulator.stop()
     return 0

@@ -13,8 +13,8 @@ from urllib.parse import urlsplit
 import boto3
 from click.testing import CliRunner, Result
 
-from devstack.cli import cli
-from devstack.state import StackState, StateError
+from devstack.cli.klingctl import cli
+from devstack.stack.state import StackState, StateError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT = 60.0

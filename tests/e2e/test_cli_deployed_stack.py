@@ -8,8 +8,8 @@ import boto3
 import pytest
 from click.testing import CliRunner
 
-from devstack.aws_resources import AwsResources
-from devstack.cli import cli
+from devstack.cli.klingctl import cli
+from devstack.stack.aws_resources import AwsResources
 from kling_pipeline.adapters.dynamodb import DynamoJobRecords
 from kling_pipeline.contract.errors import JobError
 from kling_pipeline.contract.record import JobRecord

@@ -32,7 +32,7 @@ def test_the_demo_runs_both_jobs_and_leaves_nothing_running(tmp_path: Path) -> N
     out = tmp_path / "out"
     started = time.monotonic()
     demo = subprocess.run(
-        [sys.executable, "-m", "devstack.demo", "--out", str(out)],
+        [sys.executable, "-m", "devstack.cli.demo", "--out", str(out)],
         cwd=tmp_path,
         capture_output=True,
         text=True,

@@ -10,8 +10,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import boto3
 import pytest
 
-from devstack.aws_resources import AwsResources
 from devstack.imagegen import image_bytes, jpeg_bytes, padded_png
+from devstack.stack.aws_resources import AwsResources
 from kling_pipeline.adapters.image_copy import PART_SIZE, ImageCopier
 from kling_pipeline.adapters.url_guard import GuardedHttp, UrlGuard
 from kling_pipeline.kling.task import KlingImage, KlingTask

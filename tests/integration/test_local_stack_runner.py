@@ -16,13 +16,13 @@ import boto3
 import pytest
 import requests
 
-from devstack.aws_resources import AwsResources
-from devstack.runner.functions import FunctionSpec, LambdaFunction
-from devstack.runner.http_front import HttpApiFront
-from devstack.runner.s3_notifications import configure_upload_notifications, notification_dispatch
-from devstack.runner.scheduler import Schedule
-from devstack.runner.sqs_poller import QueuePoller, failed_message_ids, lambda_dispatch
-from devstack.sqs_events import queue_arn
+from devstack.events.sqs import queue_arn
+from devstack.stack.aws_resources import AwsResources
+from devstack.stack.runner.functions import FunctionSpec, LambdaFunction
+from devstack.stack.runner.http_front import HttpApiFront
+from devstack.stack.runner.s3_notifications import configure_upload_notifications, notification_dispatch
+from devstack.stack.runner.scheduler import Schedule
+from devstack.stack.runner.sqs_poller import QueuePoller, failed_message_ids, lambda_dispatch
 
 FAKE_HANDLER = """
 import os

@@ -16,10 +16,10 @@ from typing import Any
 import boto3
 import pytest
 
-from devstack.aws_resources import AwsResources, create_resources
+from devstack.events.lambda_context import LambdaContext
 from devstack.kling_simulator import FAIL_MARKER, KlingSimulator, SimulatorConfig
-from devstack.lambda_context import LambdaContext
-from devstack.moto_server import MotoServer
+from devstack.stack.aws_resources import AwsResources, create_resources
+from devstack.stack.moto_server import MotoServer
 from functions.reconcile import app as reconcile_app
 from functions.submit import app as submit_app
 from functions.webhook import app as webhook_app

@@ -18,10 +18,10 @@ import pytest
 import requests
 from standardwebhooks import Webhook
 
-from devstack.aws_resources import AwsResources, create_resources
-from devstack.http_api_events import kling_callback_event
+from devstack.events.http_api import kling_callback_event
 from devstack.kling_simulator import KlingSimulator, SimulatorConfig
-from devstack.moto_server import MotoServer
+from devstack.stack.aws_resources import AwsResources, create_resources
+from devstack.stack.moto_server import MotoServer
 from functions.webhook import app as webhook_app
 from kling_pipeline.adapters.dynamodb import DynamoJobRecords
 from kling_pipeline.contract.callback_auth import MAX_CALLBACK_BYTES

@@ -13,14 +13,14 @@ from typing import Any
 
 import boto3
 
-from devstack.http_api_events import WEBHOOK_ROUTE, HttpResponse, http_response, kling_callback_event
+from devstack.events.http_api import HttpResponse, http_response, kling_callback_event
+from devstack.events.lambda_context import LambdaContext
 from devstack.kling_simulator import KlingSimulator
-from devstack.lambda_context import LambdaContext
-from devstack.runner.functions import FunctionSpec, LambdaFunction
-from devstack.runner.http_front import HttpApiFront
+from devstack.stack.runner.functions import FunctionSpec, LambdaFunction
+from devstack.stack.runner.http_front import HttpApiFront
 from functions.webhook import app as webhook_app
 from kling_pipeline.adapters.dynamodb import DynamoJobRecords
-from kling_pipeline.contract.callback_tokens import callback_url
+from kling_pipeline.contract.callback_tokens import CALLBACK_ROUTE, callback_url
 from kling_pipeline.contract.record import JobRecord
 from kling_pipeline.contract.status import JobStatus
 from kling_pipeline.kling.auth import BearerKeyAuth
@@ -47,7 +47,7 @@ class CallbackFront(HttpApiFront):
 
     def __init__(self) -> None:
         super().__init__()
-        self.routes[WEBHOOK_ROUTE] = LambdaFunction(FunctionSpec(name="webhook", module=webhook_app.__name__))
+        self.routes[CALLBACK_ROUTE] = LambdaFunction(FunctionSpec(name="webhook", module=webhook_app.__name__))
         self.statuses: list[int] = []
 
     def respond(

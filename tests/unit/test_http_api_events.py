@@ -8,14 +8,14 @@ import json
 import pytest
 from aws_lambda_powertools.utilities.data_classes import APIGatewayProxyEventV2
 
-from devstack.http_api_events import (
-    WEBHOOK_ROUTE,
+from devstack.events.http_api import (
     event_for_request,
     http_api_event,
     http_response,
     kling_callback_event,
     match_route,
 )
+from kling_pipeline.contract.callback_tokens import CALLBACK_ROUTE
 
 
 def test_a_callback_event_has_every_field_api_gateway_sends() -> None:
@@ -23,7 +23,7 @@ def test_a_callback_event_has_every_field_api_gateway_sends() -> None:
     event = kling_callback_event("https://hooks.example.test/callbacks/kling/job-1?token=abc", body, now=1_700_000_000)
 
     assert event["version"] == "2.0"
-    assert event["routeKey"] == WEBHOOK_ROUTE
+    assert event["routeKey"] == CALLBACK_ROUTE
     assert event["rawPath"] == "/callbacks/kling/job-1"
     assert event["rawQueryString"] == "token=abc"
     assert event["queryStringParameters"] == {"token": "abc"}
@@ -39,7 +39,7 @@ def test_a_callback_event_has_every_field_api_gateway_sends() -> None:
         "sourceIp": "127.0.0.1",
         "userAgent": "kling-callback",
     }
-    assert (context["routeKey"], context["stage"]) == (WEBHOOK_ROUTE, "$default")
+    assert (context["routeKey"], context["stage"]) == (CALLBACK_ROUTE, "$default")
     assert context["time"] == "14/Nov/2023:22:13:20 +0000"
     assert context["timeEpoch"] == 1_700_000_000_000
     assert {"accountId", "apiId", "domainName", "domainPrefix", "requestId"} <= set(context)
@@ -97,10 +97,10 @@ def test_invalid_utf8_is_base64_encoded_even_for_text() -> None:
 
 
 def test_routes_match_templates_and_decode_path_parameters() -> None:
-    assert match_route([WEBHOOK_ROUTE], "post", "/callbacks/kling/job%2E1") == (WEBHOOK_ROUTE, {"job_id": "job.1"})
-    assert match_route([WEBHOOK_ROUTE], "GET", "/callbacks/kling/job-1") is None
-    assert match_route([WEBHOOK_ROUTE], "POST", "/callbacks/kling/job-1/extra") is None
-    assert event_for_request([WEBHOOK_ROUTE], "POST", "/elsewhere") is None
+    assert match_route([CALLBACK_ROUTE], "post", "/callbacks/kling/job%2E1") == (CALLBACK_ROUTE, {"job_id": "job.1"})
+    assert match_route([CALLBACK_ROUTE], "GET", "/callbacks/kling/job-1") is None
+    assert match_route([CALLBACK_ROUTE], "POST", "/callbacks/kling/job-1/extra") is None
+    assert event_for_request([CALLBACK_ROUTE], "POST", "/elsewhere") is None
 
 
 def test_a_callback_url_without_the_route_is_refused() -> None:

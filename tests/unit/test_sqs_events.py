@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSEvent
 
-from devstack.sqs_events import lambda_record, sqs_event
+from devstack.events.sqs import lambda_record, sqs_event
 from kling_pipeline.adapters.sqs import queue_url_from_arn
 
 ARN = "arn:aws:sqs:eu-west-1:123456789012:kling-jobs"

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from devstack.s3_events import encode_event_key, s3_event_from_notification
+from devstack.events.s3 import encode_event_key, s3_event_from_notification
 from kling_pipeline.ingest.events import UploadedObject, parse_upload_event
 from kling_pipeline.ingest.rules import MAX_TAG_VALUE_CHARS, UploadKind, tag_value, upload_kind
 

@@ -35,7 +35,7 @@ def job_finished_detail(record: JobRecord, images_bucket: str | None) -> dict[st
 
 
 class JobEventPublisher:
-    """Publishes `Job Succeeded` / `Job Failed` to an event bus; wired into JobStore as its `on_final` hook."""
+    """Publishes `Job Succeeded` / `Job Failed` to an event bus; wired into DynamoJobRecords as its `on_final` hook."""
 
     def __init__(self, bus_name: str = "default", images_bucket: str | None = None, client: Any | None = None) -> None:
         self._bus_name = bus_name

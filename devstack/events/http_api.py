@@ -17,10 +17,11 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-WEBHOOK_ROUTE = "POST /callbacks/kling/{job_id}"
-ACCOUNT_ID = "123456789012"
+from devstack.events import ACCOUNT_ID, REGION
+from kling_pipeline.contract.callback_tokens import CALLBACK_ROUTE
+
 API_ID = "localapi01"
-DOMAIN_NAME = f"{API_ID}.execute-api.us-east-1.amazonaws.com"
+DOMAIN_NAME = f"{API_ID}.execute-api.{REGION}.amazonaws.com"
 
 # HTTP APIs pass these bodies as text; every other content type (or none) arrives base64-encoded.
 _TEXT_TYPES = re.compile(r"^(text/.*|application/(json|xml|javascript)|application/[\w.+-]+\+(json|xml))$")
@@ -146,7 +147,7 @@ def kling_callback_event(
     parts = urlsplit(callback_url)
     all_headers = [("Content-Type", "application/json"), ("User-Agent", "kling-callback"), *_pairs(headers)]
     event = event_for_request(
-        [WEBHOOK_ROUTE], "POST", f"{parts.path}?{parts.query}", headers=all_headers, body=_bytes(body), now=now
+        [CALLBACK_ROUTE], "POST", f"{parts.path}?{parts.query}", headers=all_headers, body=_bytes(body), now=now
     )
     if event is None:
         raise ValueError(f"callback_url: must end in /callbacks/kling/<job_id> (got {callback_url!r})")

@@ -7,8 +7,8 @@ from collections.abc import Callable, Sequence
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 
-from devstack.jobs import Jobs
-from devstack.views import STATUS_STYLES
+from devstack.cli.jobs import Jobs
+from devstack.cli.views import STATUS_STYLES
 from kling_pipeline.contract.record import JobRecord
 from kling_pipeline.contract.status import JobStatus
 

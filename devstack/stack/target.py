@@ -8,7 +8,7 @@ from typing import Any
 
 import boto3
 
-from devstack.state import StackState, StateError, pid_alive
+from devstack.stack.state import StackState, StateError, pid_alive
 
 # CloudFormation output -> Target field.
 STACK_OUTPUTS = {

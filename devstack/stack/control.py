@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from devstack.state import StackState, StateError, pid_alive
+from devstack.stack.state import StackState, StateError, pid_alive
 
 
 class StackStartError(RuntimeError):

@@ -13,7 +13,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from devstack.target import Target
+from devstack.stack.target import Target
 from kling_pipeline.adapters.dynamodb import DynamoJobRecords, from_dynamo
 from kling_pipeline.contract.record import JobRecord
 

@@ -9,8 +9,8 @@ from collections.abc import Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Self
 
-from devstack.http_api_events import HttpResponse, event_for_request, http_response
-from devstack.runner.functions import LambdaFunction
+from devstack.events.http_api import HttpResponse, event_for_request, http_response
+from devstack.stack.runner.functions import LambdaFunction
 
 logger = logging.getLogger("devstack.http")
 

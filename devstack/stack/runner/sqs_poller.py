@@ -12,9 +12,9 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from devstack.runner.background import BackgroundLoop
-from devstack.runner.functions import LambdaFunction
-from devstack.sqs_events import lambda_record, sqs_event
+from devstack.events.sqs import lambda_record, sqs_event
+from devstack.stack.runner.background import BackgroundLoop
+from devstack.stack.runner.functions import LambdaFunction
 
 logger = logging.getLogger("devstack.sqs")
 
@@ -83,7 +83,8 @@ class QueuePoller(BackgroundLoop):
     ) -> None:
         if not 1 <= batch_size <= 10_000:
             raise ValueError(f"batch_size: must be between 1 and 10000 (got {batch_size})")
-        super().__init__(f"poller-{name}")
+        # A failed poll (a transient error, the emulator going away) is retried after a second, not in a tight loop.
+        super().__init__(f"poller-{name}", backoff=1.0)
         self.name = name
         self._sqs = sqs
         self._queue_url = queue_url
@@ -108,15 +109,12 @@ class QueuePoller(BackgroundLoop):
         self._delete(done)
         return len(batch)
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.poll_once()
-            except Exception:
-                # The emulator going away at shutdown, or a transient error: back off and retry.
-                if not self._stop.is_set():
-                    logger.exception("%s: polling failed", self.name)
-                    self._stop.wait(1.0)
+    def _round(self) -> None:
+        # No pause between rounds: receiving long-polls for up to `wait_seconds` already.
+        self.poll_once()
+
+    def _round_failed(self) -> None:
+        logger.exception("%s: polling failed", self.name)
 
     def _collect(self) -> list[Message]:
         batch = self._receive(self._batch_size, self._wait_seconds)

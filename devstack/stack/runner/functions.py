@@ -11,8 +11,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from devstack.environment import environment_set
-from devstack.lambda_context import LambdaContext
+from devstack.events.lambda_context import LambdaContext
+from devstack.stack.environment import environment_set
 
 logger = logging.getLogger("devstack.functions")
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import re
 import secrets
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,13 +16,13 @@ from typing import Any
 import click
 from rich.console import Console
 
-from devstack.cli_stack import stack_group
-from devstack.gallery import write_gallery
-from devstack.jobs import Jobs, object_metadata, upload_metadata_fits
-from devstack.progress import watch
-from devstack.state import STATE_ENV, StateError, default_state_path
-from devstack.target import Target, TargetError, deployed_target, local_target
-from devstack.views import jobs_table, record_details
+from devstack.cli.gallery import write_gallery
+from devstack.cli.jobs import Jobs, object_metadata, upload_metadata_fits
+from devstack.cli.progress import watch
+from devstack.cli.views import jobs_table, record_details
+from devstack.stack.commands import stack_group
+from devstack.stack.state import STATE_ENV, StateError, default_state_path
+from devstack.stack.target import Target, TargetError, deployed_target, local_target
 from kling_pipeline.contract.record import JobRecord
 from kling_pipeline.contract.status import JobStatus
 
@@ -70,39 +72,52 @@ def cli(ctx: click.Context, state_path: Path | None, stack_name: str | None, reg
     ctx.obj = Cli(state_path or default_state_path(), stack_name, region)
 
 
-def _kling_fields(
-    *,
-    prompt: str | None,
-    negative_prompt: str | None,
-    model_name: str | None,
-    image_reference: str | None,
-    image_fidelity: float | None,
-    human_fidelity: float | None,
-    resolution: str | None,
-    n: int | None,
-    aspect_ratio: str | None,
-    watermark: bool | None,
-) -> dict[str, Any]:
-    """The options a person set, under Kling's names; unset ones are left out (the pipeline's defaults apply)."""
-    values: dict[str, Any] = {
-        "model_name": model_name,
-        "prompt": prompt,
-        "negative_prompt": negative_prompt,
-        "image_reference": image_reference,
-        "image_fidelity": image_fidelity,
-        "human_fidelity": human_fidelity,
-        "resolution": resolution,
-        "n": n,
-        "aspect_ratio": aspect_ratio,
-    }
-    if watermark is not None:
-        values["watermark_info"] = {"enabled": watermark}
-    return {name: value for name, value in values.items() if value is not None}
+# The Kling create options, by parameter name, in the order a job lists them.
+KLING_FIELDS = (
+    "model_name",
+    "prompt",
+    "negative_prompt",
+    "image_reference",
+    "image_fidelity",
+    "human_fidelity",
+    "resolution",
+    "n",
+    "aspect_ratio",
+)
 
 
-def kling_options(function: Any) -> Any:
-    """The Kling create options both `submit` and `upload` take. No range checks here: the pipeline decides."""
-    options = [
+@dataclass(frozen=True)
+class JobOptions:
+    """What `submit` and `upload` both take: the job's Kling fields and elements, its id and metadata, --wait."""
+
+    fields: dict[str, Any]  # the options a person set, under Kling's names (unset ones: the pipeline's defaults)
+    job_id: str | None
+    meta: tuple[str, ...]
+    wait: bool
+    timeout: float
+
+    @classmethod
+    def take(cls, params: dict[str, Any]) -> JobOptions:
+        """Remove the shared options from a command's parameters and return them."""
+        values = {name: params.pop(name) for name in KLING_FIELDS}
+        fields = {name: value for name, value in values.items() if value is not None}
+        watermark = params.pop("watermark")
+        if watermark is not None:
+            fields["watermark_info"] = {"enabled": watermark}
+        element_ids = params.pop("element_ids")
+        if element_ids:
+            fields["element_list"] = [{"element_id": element_id} for element_id in element_ids]
+        return cls(fields, params.pop("job_id"), params.pop("meta"), params.pop("wait"), params.pop("timeout"))
+
+    def metadata(self) -> dict[str, str]:
+        return _parse_meta(self.meta)
+
+
+def job_options(*own: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """The options `submit` and `upload` share, passed to the command as one JobOptions, `options`. The
+    command's `own` options go before --element-id, where --help lists them. No range checks here: the
+    pipeline decides."""
+    shared = [
         click.option("--prompt", "-p", required=True, help="What to draw (at most 2500 characters)."),
         click.option("--negative-prompt", default=None, help="What to avoid (text-to-image only)."),
         click.option("--model-name", default=None, help="Kling model, e.g. kling-v3 (the default)."),
@@ -117,81 +132,61 @@ def kling_options(function: Any) -> Any:
         click.option("--meta", "meta", multiple=True, metavar="KEY=VALUE", help="Metadata kept on the job record."),
         click.option("--wait", is_flag=True, help="Show live progress until the job is final."),
         click.option("--timeout", type=float, default=120.0, show_default=True, help="Seconds --wait waits."),
+        *own,
+        click.option("--element-id", "element_ids", type=int, multiple=True, help="Kling element id (repeatable)."),
     ]
-    for option in reversed(options):
-        function = option(function)
-    return function
+
+    def decorate(command: Callable[..., None]) -> Callable[..., None]:
+        @functools.wraps(command)
+        def with_options(*args: Any, **params: Any) -> None:
+            command(*args, options=JobOptions.take(params), **params)
+
+        for option in reversed(shared):
+            with_options = option(with_options)
+        return with_options
+
+    return decorate
 
 
 @cli.command()
-@kling_options
-@click.option("--image", default=None, help="Reference image: a local PNG/JPEG file (sent as base64) or a URL.")
-@click.option("--image-s3", default=None, metavar="s3://BUCKET/KEY", help="Reference image already in S3.")
-@click.option("--element-id", "element_ids", type=int, multiple=True, help="Kling element id (repeatable).")
+@job_options(
+    click.option("--image", default=None, help="Reference image: a local PNG/JPEG file (sent as base64) or a URL."),
+    click.option("--image-s3", default=None, metavar="s3://BUCKET/KEY", help="Reference image already in S3."),
+)
 @pass_cli
-def submit(
-    app: Cli,
-    /,
-    image: str | None,
-    image_s3: str | None,
-    element_ids: tuple[int, ...],
-    job_id: str | None,
-    meta: tuple[str, ...],
-    wait: bool,
-    timeout: float,
-    **options: Any,
-) -> None:
+def submit(app: Cli, /, options: JobOptions, image: str | None, image_s3: str | None) -> None:
     """Put a job on the jobs queue (text-to-image, or image-to-image with --image/--image-s3)."""
-    job = _kling_fields(**options)
+    job = dict(options.fields)
     if image is not None:
         job["image"] = _image_value(image)
     if image_s3 is not None:
         job["image_s3"] = _parse_s3_uri(image_s3)
-    if element_ids:
-        job["element_list"] = [{"element_id": element_id} for element_id in element_ids]
-    if job_id:
-        job["job_id"] = job_id
-    if meta:
-        job["metadata"] = _parse_meta(meta)
+    if options.job_id:
+        job["job_id"] = options.job_id
+    if options.meta:
+        job["metadata"] = options.metadata()
     queued = app.jobs.submit(job)
     app.console.print(f"queued job [bold]{queued}[/] on {app.jobs.target.description}")
-    if wait:
-        _wait_and_exit(app, [queued], timeout)
+    _follow(app, options, queued)
 
 
 @cli.command()
 @click.argument("image", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@kling_options
-@click.option("--element-id", "element_ids", type=int, multiple=True, help="Kling element id (repeatable).")
+@job_options()
 @click.option(
     "--manifest", is_flag=True, help="Send the job as uploads/<name>.json (automatic for long or non-ASCII text)."
 )
 @pass_cli
-def upload(
-    app: Cli,
-    /,
-    image: Path,
-    element_ids: tuple[int, ...],
-    manifest: bool,
-    job_id: str | None,
-    meta: tuple[str, ...],
-    wait: bool,
-    timeout: float,
-    **options: Any,
-) -> None:
+def upload(app: Cli, /, options: JobOptions, image: Path, manifest: bool) -> None:
     """Image-to-image through the S3 trigger: put IMAGE under uploads/ with the job as x-amz-meta-* metadata."""
-    job = _kling_fields(**options)
-    if element_ids:
-        job["element_list"] = [{"element_id": element_id} for element_id in element_ids]
-    job["job_id"] = job_id or _upload_job_id(image)
-    metadata = _parse_meta(meta)
+    job = {**options.fields, "job_id": options.job_id or _upload_job_id(image)}
+    metadata = options.metadata()
     if manifest or not upload_metadata_fits(job, metadata):
         uploaded = app.jobs.upload_with_manifest(image, {**job, **({"metadata": metadata} if metadata else {})})
     else:
         uploaded = app.jobs.upload(image, {**metadata, **object_metadata(job)})
     app.console.print(f"uploaded s3://{uploaded.bucket}/{uploaded.key} as job [bold]{job['job_id']}[/]")
-    if wait:
-        _wait_and_exit(app, [job["job_id"]], timeout)
+    _follow(app, options, job["job_id"])
 
 
 @cli.command()
@@ -252,6 +247,12 @@ def main() -> None:
 
 
 # -- helpers -----------------------------------------------------------------------------------------------
+
+
+def _follow(app: Cli, options: JobOptions, job_id: str) -> None:
+    """With --wait: show the job's progress until it is final, then exit with its outcome."""
+    if options.wait:
+        _wait_and_exit(app, [job_id], options.timeout)
 
 
 def _wait_and_exit(app: Cli, job_ids: list[str], timeout: float) -> None:

@@ -1,21 +1,27 @@
-"""`klingctl stack up|down|status` (and `python -m devstack.stack`): start, stop and inspect the local stack."""
+"""`python -m devstack.stack up|down|status` (and `klingctl stack ...`, which adds this group): start, stop and
+inspect the local stack."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
-import signal
 import sys
-import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
-from devstack.state import StackState, StateError, default_state_path, pid_alive
-from devstack.target import local_target
+from devstack.shutdown import stop_on_signals
+from devstack.stack.control import StackStartError, spawn_stack, stop_pid, wait_ready
+from devstack.stack.state import StackState, StateError, default_state_path, pid_alive
+from devstack.stack.target import local_target
 
 EXIT_NOT_RUNNING = 1
+
+# Every subcommand's own --state; without it, klingctl's --state (or the default) applies.
+_state_option = click.option("--state", "state_path", type=click.Path(path_type=Path, dir_okay=False), default=None)
 
 
 @click.group(name="stack")
@@ -24,7 +30,7 @@ def stack_group() -> None:
 
 
 @stack_group.command(name="up")
-@click.option("--state", "state_path", type=click.Path(path_type=Path, dir_okay=False), default=None)
+@_state_option
 @click.option("--detach", is_flag=True, help="Run in the background; `klingctl stack down` stops it.")
 @click.option("--reconcile-interval", type=float, default=10.0, show_default=True)
 @click.option("--visibility-timeout", type=int, default=10, show_default=True)
@@ -39,30 +45,38 @@ def stack_up(ctx: click.Context, /, state_path: Path | None, detach: bool, **set
     if detach:
         _detach(path, settings)
         return
-    from devstack.stack import StackConfig, run
+    # Imported here, not at the top: it pulls in moto and the handlers, which `down` and `status` do not need.
+    from devstack.stack.local_stack import StackConfig, run
 
     _configure_logging()
-    stop = threading.Event()
-    _stop_on_signals(stop)
-    run(StackConfig(state_path=path, **settings), stop, ready=_announce)
+    run(StackConfig(state_path=path, **settings), stop_on_signals(), ready=_announce)
     # Everything is stopped and closed; skip the interpreter's teardown of moto's many modules (seconds).
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
 
 
-@stack_group.command(name="down")
-@click.option("--state", "state_path", type=click.Path(path_type=Path, dir_okay=False), default=None)
-@click.pass_context
-def stack_down(ctx: click.Context, state_path: Path | None) -> None:
-    """Stop the local stack and everything it started."""
-    from devstack.stack_control import stop_pid
+def _reads_state(command: Callable[..., None]) -> Callable[..., None]:
+    """--state, and the command called with that path and the state file read from it (or a usage error)."""
 
-    path = _state_path(ctx, state_path)
-    try:
-        state = StackState.read(path)
-    except StateError as exc:
-        raise click.ClickException(str(exc)) from exc
+    @_state_option
+    @click.pass_context
+    @functools.wraps(command)
+    def with_state(ctx: click.Context, /, state_path: Path | None, **params: Any) -> None:
+        path = _state_path(ctx, state_path)
+        try:
+            state = StackState.read(path)
+        except StateError as exc:
+            raise click.ClickException(str(exc)) from exc
+        command(path, state, **params)
+
+    return with_state
+
+
+@stack_group.command(name="down")
+@_reads_state
+def stack_down(path: Path, state: StackState) -> None:
+    """Stop the local stack and everything it started."""
     clean = stop_pid(state.pid)
     if path.exists() and not pid_alive(state.pid):
         path.unlink()
@@ -70,15 +84,9 @@ def stack_down(ctx: click.Context, state_path: Path | None) -> None:
 
 
 @stack_group.command(name="status")
-@click.option("--state", "state_path", type=click.Path(path_type=Path, dir_okay=False), default=None)
-@click.pass_context
-def stack_status(ctx: click.Context, state_path: Path | None) -> None:
+@_reads_state
+def stack_status(path: Path, state: StackState) -> None:
     """Show whether the local stack runs, its endpoints and its queues' depths."""
-    path = _state_path(ctx, state_path)
-    try:
-        state = StackState.read(path)
-    except StateError as exc:
-        raise click.ClickException(str(exc)) from exc
     alive = pid_alive(state.pid)
     click.echo(f"local stack: {'running' if alive else 'NOT running'} (pid {state.pid}, since {state.started_at})")
     for name, value in state.as_dict().items():
@@ -111,8 +119,6 @@ def _state_path(ctx: click.Context, own: Path | None) -> Path:
 
 
 def _detach(path: Path, settings: dict[str, Any]) -> None:
-    from devstack.stack_control import StackStartError, spawn_stack, wait_ready
-
     args = [f"--{name.replace('_', '-')}={value}" for name, value in settings.items()]
     process = spawn_stack(path, path.parent / "stack.log", args)
     try:
@@ -138,8 +144,3 @@ def _configure_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     for noisy in ("werkzeug", "botocore", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
-def _stop_on_signals(stop: threading.Event) -> None:
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())

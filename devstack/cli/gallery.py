@@ -14,7 +14,7 @@ from string import Template
 
 from PIL import Image, UnidentifiedImageError
 
-from devstack.views import age, prompt_of
+from devstack.cli.views import age, prompt_of
 from kling_pipeline.contract.record import JobRecord
 
 THUMBNAIL_PX = 384
@@ -24,7 +24,7 @@ ReadObject = Callable[[str | None, str], bytes]
 
 
 def _template() -> Template:
-    return Template(resources.files("devstack").joinpath("assets/gallery.html").read_text(encoding="utf-8"))
+    return Template(resources.files("devstack.cli").joinpath("assets/gallery.html").read_text(encoding="utf-8"))
 
 
 def thumbnail_data_uri(data: bytes, size: int = THUMBNAIL_PX) -> tuple[str, str] | None:

@@ -2,7 +2,8 @@
 
 moto (server mode) is AWS, the Kling simulator is Kling, and the real handlers run in-process, fed by
 an HTTP API front, SQS pollers, S3 upload notifications and a schedule. `python -m devstack.stack up`
-(or `klingctl stack up`) starts it; Ctrl-C, SIGTERM or `klingctl stack down` stops everything it started.
+(or `klingctl stack up`, see commands.py) starts it; Ctrl-C, SIGTERM or `klingctl stack down` stops everything
+it started.
 """
 
 from __future__ import annotations
@@ -16,25 +17,32 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import boto3
 
-from devstack.aws_resources import AwsResources, create_resources
+from devstack.events import REGION
+from devstack.events.sqs import queue_arn
 from devstack.kling_simulator import KlingSimulator, SimulatorConfig
-from devstack.moto_server import REGION, MotoServer
-from devstack.runner.functions import FunctionSpec, LambdaFunction
-from devstack.runner.http_front import HttpApiFront
-from devstack.runner.s3_notifications import configure_upload_notifications, notification_dispatch
-from devstack.runner.scheduler import Schedule
-from devstack.runner.sqs_poller import QueuePoller, lambda_dispatch
-from devstack.sqs_events import queue_arn
-from devstack.state import StackState, default_state_path
+from devstack.shutdown import wait_until_set
+from devstack.stack.aws_resources import AwsResources, create_resources
+from devstack.stack.moto_server import MotoServer
+from devstack.stack.runner.functions import FunctionSpec, LambdaFunction
+from devstack.stack.runner.http_front import HttpApiFront
+from devstack.stack.runner.s3_notifications import (
+    NotificationQueue,
+    configure_upload_notifications,
+    notification_dispatch,
+)
+from devstack.stack.runner.scheduler import Schedule
+from devstack.stack.runner.sqs_poller import QueuePoller, lambda_dispatch
+from devstack.stack.state import StackState, default_state_path
+from kling_pipeline.contract.callback_tokens import CALLBACK_ROUTE
 from kling_pipeline.runtime.telemetry import METRICS_NAMESPACE
 
 logger = logging.getLogger("devstack.stack")
 
-CODE_ROOT = Path(__file__).resolve().parent.parent
-WEBHOOK_ROUTE = "POST /callbacks/kling/{job_id}"
+CODE_ROOT = Path(__file__).resolve().parents[2]
 
 
 def _function(name: str, timeout_seconds: int, memory_mb: int = 512) -> FunctionSpec:
@@ -90,63 +98,102 @@ class LocalStack:
             raise
 
     def _start(self) -> StackState:
+        # In this order: the handlers read their environment when imported, so everything they reach (AWS,
+        # Kling, the webhook's public URL) must be up and described in os.environ before they load.
+        self._add_code_root_to_path()
+        resources, event_bus = self._start_aws()
+        api_key = secrets.token_urlsafe(24)
+        self._start_kling_and_front(api_key)
+        os.environ.update(self._function_environment(resources, api_key, event_bus))
+        notifications = self._start_functions(resources)
+        # Written last: a state file means the stack is ready (wait_ready and the tests poll for it).
+        self.state = self._write_state(resources, notifications, event_bus)
+        return self.state
+
+    def _add_code_root_to_path(self) -> None:
+        """What Lambda's /var/task is for a function: where its handler module (`functions.<name>.app`) is found."""
+        if str(self.config.code_root) not in sys.path:
+            sys.path.insert(0, str(self.config.code_root))
+
+    def _start_aws(self) -> tuple[AwsResources, str]:
+        """moto, with the template's table, queues and buckets and an event bus; returns them and the bus name."""
         config = self.config
-        if str(config.code_root) not in sys.path:
-            # What Lambda's /var/task is for a function: where its handler module is found.
-            sys.path.insert(0, str(config.code_root))
         self._moto = MotoServer(config.host).start()
+        # boto3 everywhere in this process (handlers included) then reaches moto, with dummy credentials.
         self._moto.apply_environment(os.environ)
         resources = create_resources(
             config.prefix, visibility_timeout=config.visibility_timeout, max_receive_count=config.max_receive_count
         )
         event_bus = f"{config.prefix}-events"
         boto3.client("events").create_event_bus(Name=event_bus)
-        api_key = secrets.token_urlsafe(24)
-        self._simulator = KlingSimulator(
-            SimulatorConfig(
-                host=config.host,
-                api_key=api_key,
-                processing_delay=config.processing_delay,
-                succeed_delay=config.succeed_delay,
-            )
-        ).start()
+        return resources, event_bus
+
+    def _start_kling_and_front(self, api_key: str) -> None:
+        """The Kling simulator (accepting `api_key`) and the HTTP API front Kling's callbacks arrive at."""
+        config = self.config
+        kling = SimulatorConfig(
+            host=config.host,
+            api_key=api_key,
+            processing_delay=config.processing_delay,
+            succeed_delay=config.succeed_delay,
+        )
+        self._simulator = KlingSimulator(kling).start()
         self._front = HttpApiFront(host=config.host).start()
-        os.environ.update(self._function_environment(resources, api_key, event_bus))
 
+    def _start_functions(self, resources: AwsResources) -> NotificationQueue:
+        """The handlers, each behind the trigger template.yaml gives it; returns the uploads' notification queue."""
+        assert self._front is not None
         submit, webhook, ingest = (self._load(spec) for spec in (SUBMIT, WEBHOOK, INGEST))
-        self._front.routes[WEBHOOK_ROUTE] = webhook
+        self._front.routes[CALLBACK_ROUTE] = webhook
         sqs = boto3.client("sqs")
-        s3 = boto3.client("s3")
-        self._pollers.append(
-            QueuePoller(
-                "jobs",
-                sqs,
-                resources.queue_url,
-                lambda_dispatch(submit, queue_arn(resources.queue_url, sqs=sqs)),
-                batch_size=config.batch_size,
-                batching_window=config.batching_window,
-            ).start()
-        )
-        notifications = configure_upload_notifications(
-            s3,
-            sqs,
-            bucket=resources.input_bucket,
-            queue_name=f"{config.prefix}-upload-notifications",
-            dlq_name=f"{config.prefix}-ingest-dlq",
-        )
-        self._pollers.append(
-            QueuePoller("uploads", sqs, notifications.queue_url, notification_dispatch(ingest), batch_size=10).start()
-        )
-        if RECONCILE.importable():
-            reconcile = self._load(RECONCILE)
-            schedule = Schedule(
-                reconcile, config.reconcile_interval, rule_name=f"{config.prefix}-reconcile", region=REGION
-            )
-            self._schedules.append(schedule.start())
-        else:
-            logger.warning("%s is not importable: no reconcile schedule", RECONCILE.module)
+        self._poll_jobs(submit, sqs, resources.queue_url)
+        notifications = self._poll_uploads(ingest, sqs, resources.input_bucket)
+        self._schedule_reconcile()
+        return notifications
 
-        self.state = StackState(
+    def _poll_jobs(self, submit: LambdaFunction, sqs: Any, queue_url: str) -> None:
+        """submit on the jobs queue, batched as its event source mapping is (--batch-size, --batching-window)."""
+        dispatch = lambda_dispatch(submit, queue_arn(queue_url, sqs=sqs))
+        poller = QueuePoller(
+            "jobs",
+            sqs,
+            queue_url,
+            dispatch,
+            batch_size=self.config.batch_size,
+            batching_window=self.config.batching_window,
+        )
+        self._pollers.append(poller.start())
+
+    def _poll_uploads(self, ingest: LambdaFunction, sqs: Any, bucket: str) -> NotificationQueue:
+        """ingest on the input bucket's uploads: moto sends S3 notifications only to a queue, so that is polled."""
+        notifications = configure_upload_notifications(
+            boto3.client("s3"),
+            sqs,
+            bucket=bucket,
+            queue_name=f"{self.config.prefix}-upload-notifications",
+            dlq_name=f"{self.config.prefix}-ingest-dlq",
+        )
+        poller = QueuePoller("uploads", sqs, notifications.queue_url, notification_dispatch(ingest), batch_size=10)
+        self._pollers.append(poller.start())
+        return notifications
+
+    def _schedule_reconcile(self) -> None:
+        """Reconcile on its schedule, when the function exists (the stack is still useful without it)."""
+        if not RECONCILE.importable():
+            logger.warning("%s is not importable: no reconcile schedule", RECONCILE.module)
+            return
+        schedule = Schedule(
+            self._load(RECONCILE),
+            self.config.reconcile_interval,
+            rule_name=f"{self.config.prefix}-reconcile",
+            region=REGION,
+        )
+        self._schedules.append(schedule.start())
+
+    def _write_state(self, resources: AwsResources, notifications: NotificationQueue, event_bus: str) -> StackState:
+        """Write down where every part lives, for klingctl, the demo and the tests."""
+        assert self._moto is not None and self._simulator is not None and self._front is not None
+        state = StackState(
             pid=os.getpid(),
             moto_endpoint=self._moto.endpoint_url,
             simulator_url=self._simulator.base_url,
@@ -162,8 +209,8 @@ class LocalStack:
             event_bus=event_bus,
             started_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         )
-        self.state.write(config.state_path)
-        return self.state
+        state.write(self.config.state_path)
+        return state
 
     def stop(self) -> None:
         """Stop triggers first, so no invocation starts against a server that is going away."""
@@ -229,8 +276,7 @@ def run(config: StackConfig, stop: threading.Event, ready: Callable[[StackState]
     if ready is not None:
         ready(state)
     try:
-        while not stop.wait(0.5):
-            pass
+        wait_until_set(stop)
     finally:
         stack.stop()
     return state
@@ -242,9 +288,3 @@ def _remove_own_state(path: Path, pid: int) -> None:
             path.unlink()
     except Exception:  # noqa: S110  (already gone or replaced by another stack: not ours to remove)
         pass
-
-
-if __name__ == "__main__":
-    from devstack.cli_stack import stack_group
-
-    stack_group(prog_name="python -m devstack.stack")

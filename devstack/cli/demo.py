@@ -15,13 +15,13 @@ from PIL import Image, ImageDraw
 from rich.console import Console
 from rich.table import Table
 
-from devstack.gallery import write_gallery
-from devstack.jobs import Jobs, object_metadata
-from devstack.progress import watch
-from devstack.stack_control import spawn_stack, stop_process, wait_ready
-from devstack.state import pid_alive
-from devstack.target import local_target
-from devstack.views import status_text
+from devstack.cli.gallery import write_gallery
+from devstack.cli.jobs import Jobs, object_metadata
+from devstack.cli.progress import watch
+from devstack.cli.views import status_text
+from devstack.stack.control import spawn_stack, stop_process, wait_ready
+from devstack.stack.state import pid_alive
+from devstack.stack.target import local_target
 from kling_pipeline.contract.record import JobRecord
 from kling_pipeline.contract.status import JobStatus
 
@@ -121,7 +121,7 @@ def run_demo(out: Path, timeout: float, console: Console) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m devstack.demo", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m devstack.cli.demo", description=__doc__)
     parser.add_argument("--out", type=Path, default=Path("out"), help="where images and gallery.html go")
     parser.add_argument("--timeout", type=float, default=40.0, help="seconds to wait for the jobs")
     args = parser.parse_args(argv)

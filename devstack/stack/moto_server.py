@@ -9,7 +9,7 @@ from collections.abc import MutableMapping
 import requests
 from moto.server import ThreadedMotoServer
 
-REGION = "us-east-1"
+from devstack.events import REGION
 
 
 def free_port(host: str = "127.0.0.1") -> int:

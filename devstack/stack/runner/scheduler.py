@@ -7,12 +7,11 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from devstack.runner.background import BackgroundLoop
-from devstack.runner.functions import LambdaFunction
+from devstack.events import ACCOUNT_ID
+from devstack.stack.runner.background import BackgroundLoop
+from devstack.stack.runner.functions import LambdaFunction
 
 logger = logging.getLogger("devstack.schedule")
-
-ACCOUNT_ID = "123456789012"
 
 
 def scheduled_event(rule_name: str, region: str) -> dict[str, Any]:
@@ -36,17 +35,16 @@ class Schedule(BackgroundLoop):
     def __init__(self, function: LambdaFunction, interval: float, *, rule_name: str, region: str) -> None:
         if interval <= 0:
             raise ValueError(f"interval: must be greater than 0 (got {interval})")
-        super().__init__(f"schedule-{function.name}")
+        super().__init__(f"schedule-{function.name}", pause=interval)
         self.function = function
         self.interval = interval
         self._rule_name = rule_name
         self._region = region
         self.runs = 0
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.runs += 1
-            try:
-                self.function.invoke(scheduled_event(self._rule_name, self._region))
-            except Exception:
-                logger.warning("%s: scheduled run failed; next run in %.1fs", self.function.name, self.interval)
+    def _round(self) -> None:
+        self.runs += 1
+        self.function.invoke(scheduled_event(self._rule_name, self._region))
+
+    def _round_failed(self) -> None:
+        logger.warning("%s: scheduled run failed; next run in %.1fs", self.function.name, self.interval)

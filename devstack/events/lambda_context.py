@@ -7,9 +7,7 @@ import uuid
 
 from aws_lambda_powertools.utilities.typing import LambdaContext as PowertoolsLambdaContext
 
-from devstack.moto_server import REGION
-
-ACCOUNT_ID = "123456789012"
+from devstack.events import ACCOUNT_ID, REGION
 
 
 class LambdaContext(PowertoolsLambdaContext):

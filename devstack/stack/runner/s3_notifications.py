@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote_plus
 
-from devstack.runner.functions import LambdaFunction
-from devstack.runner.sqs_poller import Dispatch, Message
-from devstack.s3_events import encode_event_key, notify_queue, s3_event, s3_event_from_notification
+from devstack.events.s3 import encode_event_key, notify_queue, s3_event, s3_event_from_notification
+from devstack.stack.runner.functions import LambdaFunction
+from devstack.stack.runner.sqs_poller import Dispatch, Message
 
 logger = logging.getLogger("devstack.s3")
 
