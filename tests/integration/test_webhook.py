@@ -268,6 +268,47 @@ def test_callback_for_a_pending_job_with_another_external_id_is_refused(pipeline
     assert pipeline.record("job-waiting") == before
 
 
+def test_a_failed_callback_that_kling_does_not_confirm_fails_nothing(pipeline: Pipeline) -> None:
+    """Regression (hardening #5): a body saying `failed` is a hint; Kling's query API decides."""
+    task = pipeline.create_task("job-forged-fail", n=1)
+    running = pipeline.sim.advance(task.task_id, "processing")
+    forged = {**running, "task_status": "failed", "task_status_msg": "forged"}
+
+    status, body = invoke(pipeline.callback_event("job-forged-fail", forged))
+
+    assert status == 200
+    record = pipeline.record("job-forged-fail")
+    assert record.status is JobStatus.PROCESSING  # what Kling says, not what the body said
+    assert record.error is None
+
+
+def test_a_callback_cannot_bind_a_pending_job_to_a_task_kling_does_not_know(pipeline: Pipeline) -> None:
+    """Regression (hardening #5): with only the token, a body naming any task_id bound a job without one."""
+    real = pipeline.create_task("job-unbound", n=1, record=False)
+    pipeline.store.create(JobRecord(job_id="job-unbound", status=JobStatus.PENDING))
+    forged = {**pipeline.sim.advance(real.task_id, "processing"), "task_id": "forged-task-1"}
+
+    status, body = invoke(pipeline.callback_event("job-unbound", forged))
+
+    assert (status, body["error"]["code"]) == (409, "wrong_task")
+    record = pipeline.record("job-unbound")
+    assert (record.status, record.kling_task_id) == (JobStatus.PENDING, None)
+
+
+def test_a_callback_for_a_pending_job_kling_has_no_task_for_binds_nothing(pipeline: Pipeline) -> None:
+    """Regression (hardening #5): no task at Kling for the job's external id: nothing is recorded."""
+    pipeline.store.create(JobRecord(job_id="job-ghost", status=JobStatus.PENDING))
+    forged = {"task_id": "ghost-1", "task_status": "succeed", "task_info": {"external_task_id": "job-ghost"}}
+
+    status, body = invoke(pipeline.callback_event("job-ghost", forged))
+
+    assert (status, body["outcome"]) == (200, "unchanged")
+    assert body["error"]["code"] == "kling_query_failed"
+    record = pipeline.record("job-ghost")
+    assert (record.status, record.kling_task_id) == (JobStatus.PENDING, None)
+    assert pipeline.objects() == {}
+
+
 # -- rejections: right status, nothing changed ---------------------------------------------------------------
 
 

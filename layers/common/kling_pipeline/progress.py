@@ -2,6 +2,11 @@
 
 Used by the webhook (a callback body) and the reconciler (a task it read from Kling's query API). Every write
 is a conditional JobRecords write, so duplicate, late and concurrent reports are harmless no-ops.
+
+A callback body is a hint, not a fact: anyone holding a job's callback URL can send one. A report that would
+end the job (`succeed`, `failed`) or bind it to a task (a job with no task id yet) is therefore confirmed by
+reading the task from Kling's query API first, and what Kling says is applied; only progress reports
+(`submitted`, `processing`) about the job's recorded task are taken from the body.
 """
 
 from __future__ import annotations
@@ -76,9 +81,10 @@ class JobProgress:
     ) -> ProgressResult:
         """Apply one report about `job`'s task.
 
-        `from_query_api=True` says `task` was read from Kling's query API (the reconciler): its image URLs are
-        used as they are. Otherwise (a callback body) a `succeed` is read back from Kling before any image
-        URL is trusted. Raises TaskMismatchError for another task's report.
+        `from_query_api=True` says `task` was read from Kling's query API (the reconciler) and is applied as it
+        is. Otherwise (a callback body) a report that ends or binds the job is confirmed with Kling first, so
+        neither a failure nor an image URL is taken from the body. Raises TaskMismatchError for another task's
+        report.
         """
         problem = task_mismatch(job, task, from_query_api=from_query_api)
         if problem:
@@ -89,10 +95,12 @@ class JobProgress:
         if target is None:
             logger.warning("ignoring unknown Kling task status", extra={"kling_status": task.task_status})
             return ProgressResult(Outcome.UNCHANGED, job)
+        if not from_query_api and (target.is_final or target is JobStatus.COPYING or job.kling_task_id is None):
+            return self._apply_confirmed(job, task, deadline=deadline)
         if target is JobStatus.FAILED:
             return self._fail(job, task)
         if target is JobStatus.COPYING:
-            return self._finish(job, task, from_query_api=from_query_api, deadline=deadline)
+            return self._finish(job, task, deadline=deadline)
         record = self._records.advance(
             job.job_id,
             target,
@@ -119,18 +127,51 @@ class JobProgress:
         logger.info("job failed at Kling", extra={"reason": error.message})
         return ProgressResult(Outcome.FAILED, record, error=error)
 
-    def _finish(
-        self, job: JobRecord, task: KlingTask, *, from_query_api: bool, deadline: float | None
-    ) -> ProgressResult:
-        """`succeed`: the job becomes `copying`, the task is confirmed, its images are stored, the job succeeds."""
+    def _apply_confirmed(self, job: JobRecord, reported: KlingTask, *, deadline: float | None) -> ProgressResult:
+        """A callback that ends or binds the job: Kling's own view of the task is applied instead of the body."""
+        try:
+            confirmed = self._kling_view(job)
+        except KlingError as exc:
+            return self._unconfirmed(job, reported, f"reading the task back: {exc}")
+        if confirmed is None:
+            return self._unconfirmed(job, reported, "Kling's query API does not know this job's task (yet)")
+        if confirmed.task_id != reported.task_id:
+            raise TaskMismatchError(
+                f"task_id: Kling's task for this job is {confirmed.task_id} (got {reported.task_id})"
+            )
+        if reported.succeeded and not confirmed.is_final:
+            # Kling's query API can lag behind its own callback: hold the job at `copying` until they agree.
+            message = f"Kling's query API reports {confirmed.task_status!r} for a task called back as succeeded"
+            error = JobError(code=ErrorCode.KLING_STATUS_DISAGREES, message=message)
+            return self._copy_failed_at_copying(job, reported, error)
+        return self.apply(job, confirmed, from_query_api=True, deadline=deadline)
+
+    def _kling_view(self, job: JobRecord) -> KlingTask | None:
+        if job.kling_task_id is not None:
+            return self._kling.get_task(job.kling_task_id)
+        return self._kling.find_task_by_external_id(job.job_id)
+
+    def _unconfirmed(self, job: JobRecord, reported: KlingTask, why: str) -> ProgressResult:
+        """Kling could not confirm the report: nothing is bound or ended on the body's word. A `succeed` for the
+        job's recorded task still moves it to `copying` with the reason, so the reconciler retries the copy."""
+        error = JobError(code=ErrorCode.KLING_QUERY_FAILED, message=why)
+        if reported.succeeded and job.kling_task_id == reported.task_id:
+            return self._copy_failed_at_copying(job, reported, error)
+        logger.warning("callback not confirmed by Kling; nothing recorded", extra={"error": error.as_dict()})
+        return ProgressResult(Outcome.UNCHANGED, job, error=error)
+
+    def _copy_failed_at_copying(self, job: JobRecord, reported: KlingTask, error: JobError) -> ProgressResult:
+        may_copy, record = self._enter_copying(job, reported)
+        if not may_copy:
+            return ProgressResult(Outcome.UNCHANGED, record)
+        return self._copy_failed(record, error)
+
+    def _finish(self, job: JobRecord, task: KlingTask, *, deadline: float | None) -> ProgressResult:
+        """`succeed` (as Kling's query API reports it): the job becomes `copying`, its images are stored, the job
+        succeeds."""
         may_copy, record = self._enter_copying(job, task)
         if not may_copy:
             return ProgressResult(Outcome.UNCHANGED, record)
-        if not from_query_api:
-            confirmed = self._read_back(record, task)
-            if isinstance(confirmed, ProgressResult):
-                return confirmed
-            task = confirmed
         try:
             copied = self._copier.copy_task_images(job.job_id, task, deadline=deadline)
         except ImageCopyError as exc:
@@ -148,21 +189,6 @@ class JobProgress:
         current = self._records.get(job.job_id) or job
         copying = current.status is JobStatus.COPYING and not task_mismatch(current, task, from_query_api=True)
         return copying, current
-
-    def _read_back(self, record: JobRecord, reported: KlingTask) -> KlingTask | ProgressResult:
-        """A callback's `succeed` as Kling's query API tells it (only that task's image URLs are trusted), or the
-        result of acting on what Kling said instead."""
-        try:
-            task = self._kling.get_task(reported.task_id)
-        except KlingError as exc:
-            error = JobError(code=ErrorCode.KLING_QUERY_FAILED, message=f"reading the task back: {exc}")
-            return self._copy_failed(record, error)
-        if task.failed:
-            return self._fail(record, task)
-        if not task.succeeded:
-            message = f"Kling's query API reports {task.task_status!r} for a task called back as succeeded"
-            return self._copy_failed(record, JobError(code=ErrorCode.KLING_STATUS_DISAGREES, message=message))
-        return task
 
     def _succeed(self, record: JobRecord, task: KlingTask, copied: CopyResult) -> ProgressResult:
         final = self._records.advance(
