@@ -8,7 +8,7 @@ import boto3
 import pytest
 
 from devstack.stack.aws_resources import AwsResources
-from kling_pipeline.adapters.dynamodb import DynamoJobRecords
+from kling_pipeline.adapters.dynamodb import DynamoJobRecords, open_shard_for
 from kling_pipeline.contract.record import JobRecord
 from kling_pipeline.contract.status import JobStatus
 
@@ -107,6 +107,24 @@ def test_open_jobs_lists_only_non_final_jobs(store: DynamoJobRecords) -> None:
     assert open_ids == {"job-2", "job-3", "job-4", "job-5"}
     assert len(list(store.open_jobs(limit=3))) == 3
     assert list(store.open_jobs(updated_before="2000-01-01T00:00:00.000Z")) == []
+
+
+def test_each_run_sees_the_quietest_jobs_across_all_shards(store: DynamoJobRecords) -> None:
+    """Regression (hardening #4): shard 0 was read up to the limit before shard 1, so during a backlog the
+    jobs of shards 1-3 were never examined, however long they had been quiet."""
+    by_shard: dict[str, list[str]] = {}
+    for i in range(400):
+        job_id = f"job-{i}"
+        by_shard.setdefault(open_shard_for(job_id), []).append(job_id)
+    # The three quietest jobs live in shards 1-3; shard 0 holds a backlog of newer ones.
+    quiet = [by_shard[f"open#{shard}"][0] for shard in (1, 2, 3)]
+    backlog = by_shard["open#0"][:6]
+    for minute, job_id in enumerate(quiet + backlog):
+        store.create(pending(job_id, updated_at=f"2026-12-01T10:{minute:02d}:00.000Z"))
+
+    examined = [record.job_id for record in store.open_jobs(limit=4)]
+
+    assert examined == [*quiet, backlog[0]]  # oldest update first, whatever the shard
 
 
 def test_a_table_made_from_the_contract_alone_is_scanned_for_open_jobs(aws: AwsResources) -> None:

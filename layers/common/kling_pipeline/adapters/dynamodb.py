@@ -8,10 +8,12 @@ serves every worker thread of a function. The expressions are built by pure func
 from __future__ import annotations
 
 import hashlib
+import heapq
 import json
 import time
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from itertools import islice
 from decimal import Decimal
 from typing import Any
 
@@ -235,10 +237,11 @@ class DynamoJobRecords:
         return self._update(job_id, dict(_checked(changes)), list(_checked(dict.fromkeys(remove))), condition)
 
     def open_jobs(self, *, updated_before: str | None = None, limit: int = 100) -> Iterator[JobRecord]:
-        """From the sparse index, oldest update first within each shard (never a scan while the index exists;
-        a table created without it, by hand from the contract alone, is scanned with a warning)."""
+        """From the sparse index, the quietest (oldest `updated_at`) first across every shard (never a scan while
+        the index exists; a table created without it, by hand from the contract alone, is scanned with a
+        warning)."""
         try:
-            yield from self._query_open(updated_before, limit)
+            yield from islice(self._query_open(updated_before, limit), limit)
         except ClientError as exc:
             if not _is_missing_index(exc):
                 raise
@@ -250,16 +253,25 @@ class DynamoJobRecords:
             yield from self._scan_open(updated_before, limit)
 
     def _query_open(self, updated_before: str | None, limit: int) -> Iterator[JobRecord]:
+        """Each shard's jobs come sorted by `updated_at` (the index's range key); merged, the whole table's are.
+
+        A shard is read lazily, a page of at most `limit` at a time, so a run reads at most `limit` jobs more per
+        shard than it examines, and a backlog in one shard never hides the quiet jobs of another.
+        """
         key_condition = "#shard = :shard" + (" AND #updated < :before" if updated_before else "")
-        for shard in range(self._open_shards):
-            query = {
-                "IndexName": OPEN_JOBS_INDEX,
-                "KeyConditionExpression": key_condition,
-                **_open_filter(updated_before, {":shard": shard_key(shard)}),
-            }
-            limit -= yield from self._pages("query", query, limit)
-            if limit <= 0:
-                return
+        shards = [
+            self._pages(
+                "query",
+                {
+                    "IndexName": OPEN_JOBS_INDEX,
+                    "KeyConditionExpression": key_condition,
+                    **_open_filter(updated_before, {":shard": shard_key(shard)}),
+                },
+                limit,
+            )
+            for shard in range(self._open_shards)
+        ]
+        yield from heapq.merge(*shards, key=lambda record: record.updated_at)
 
     def _scan_open(self, updated_before: str | None, limit: int) -> Iterator[JobRecord]:
         condition = "attribute_exists(#shard)" + (" AND #updated < :before" if updated_before else "")
