@@ -25,7 +25,7 @@ from functions.submit import app as submit_app
 from functions.webhook import app as webhook_app
 from kling_pipeline.adapters.dynamodb import DynamoJobRecords
 from kling_pipeline.contract.clock import iso_timestamp, now_millis
-from kling_pipeline.contract.record import LEASE_OWNER, LEASE_UNTIL, JobRecord
+from kling_pipeline.contract.record import LEASE_OWNER, LEASE_UNTIL, RETRY_AT, JobRecord
 from kling_pipeline.contract.status import JobStatus
 from kling_pipeline.reconcile.reconciler import Reconciler
 from tests.integration.reconcile_harness import (
@@ -332,6 +332,52 @@ def test_a_dead_lettered_job_that_kling_already_has_is_adopted_not_failed(world:
     assert (record.status, record.kling_task_id) == (JobStatus.SUCCEEDED, task.task_id)
     assert world.versions() == Counter({"made-it/0.png": 1, "made-it/1.png": 1})
     assert [event["detail-type"] for event in world.events()] == ["Job Succeeded"]
+
+
+def _dlq_messages_kept(world: World) -> int:
+    attributes = boto3.client("sqs").get_queue_attributes(
+        QueueUrl=world.aws.dlq_url,
+        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+    )["Attributes"]
+    return int(attributes["ApproximateNumberOfMessages"]) + int(attributes["ApproximateNumberOfMessagesNotVisible"])
+
+
+@pytest.mark.parametrize(
+    "hold",
+    [
+        pytest.param(lambda: {LEASE_OWNER: "first-delivery", LEASE_UNTIL: now_millis() + 60_000}, id="live lease"),
+        pytest.param(lambda: {RETRY_AT: now_millis() + 30_000}, id="waiting out a 1303 delay"),
+    ],
+)
+def test_a_dead_letter_leaves_a_pending_job_alone_while_a_submit_delivery_holds_it(world: World, hold: Any) -> None:
+    """Regression (hardening #1): a duplicate message dead-lettered while the first delivery holds the job (or
+    waits out a retry delay) failed it; the first delivery then created a billed task under a `failed` record."""
+    world.store.create(_record("held-job", JobStatus.PENDING, **hold()))
+    before = _dlq_messages_kept(world)  # the DLQ outlives a test; its messages from earlier ones stay hidden
+    boto3.client("sqs").send_message(QueueUrl=world.aws.dlq_url, MessageBody=json.dumps(_job("held-job")))
+
+    assert world.reconcile()["dead_letters"] == {"held": 1}
+
+    record = world.record("held-job")
+    assert (record.status, record.error) == (JobStatus.PENDING, None)
+    assert _kling_reads(world.sim) == []  # not even looked up: the holder is Kling's business
+    assert _dlq_messages_kept(world) == before + 1  # settled by a later run, once the holder is done
+    assert world.events() == []
+
+
+def test_a_dead_letter_of_a_job_whose_hold_expired_is_failed(world: World) -> None:
+    expired = {LEASE_OWNER: "dead-worker", LEASE_UNTIL: now_millis() - 1, RETRY_AT: now_millis() - 120_000}
+    world.store.create(_record("abandoned-job", JobStatus.PENDING, **expired))
+    before = _dlq_messages_kept(world)
+    boto3.client("sqs").send_message(QueueUrl=world.aws.dlq_url, MessageBody=json.dumps(_job("abandoned-job")))
+
+    assert world.reconcile()["dead_letters"] == {"failed": 1}
+
+    record = world.record("abandoned-job")
+    assert record.status is JobStatus.FAILED
+    assert record.error is not None and record.error.code == "dead_lettered"
+    assert (record.submit_lease_owner, record.submit_retry_at) == (None, None)
+    assert _dlq_messages_kept(world) == before  # settled and deleted
 
 
 def test_with_only_the_contracts_variables_the_dlq_is_found_through_the_jobs_queue(

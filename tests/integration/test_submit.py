@@ -531,10 +531,15 @@ def test_throttling_is_retried_with_growing_delays_then_succeeds(submit: SubmitH
     for attempt in (1, 2):
         [record] = submit.receive()
         assert record["attributes"]["ApproximateReceiveCount"] == str(attempt)
+        before = now_millis()
         assert submit.invoke([record]) == {record["messageId"]}
-        assert submit.record("throttled").status is JobStatus.PENDING
+        waiting = submit.record("throttled")
+        assert waiting.status is JobStatus.PENDING
         [line] = [line for line in json_logs.take() if "retry_in_seconds" in line]
         delays.append(line["retry_in_seconds"])
+        # The job stays held while its message waits (hardening #1): the lease is gone, the retry is due then.
+        assert waiting.submit_lease_owner is None and waiting.submit_retry_at is not None
+        assert before + delays[-1] * 1000 <= waiting.submit_retry_at <= now_millis() + delays[-1] * 1000
         # ChangeMessageVisibility took effect: the message is hidden, not redelivered at once.
         assert submit.sqs.receive_message(QueueUrl=submit.queue_url).get("Messages") is None
         submit.make_visible(record)
@@ -544,7 +549,8 @@ def test_throttling_is_retried_with_growing_delays_then_succeeds(submit: SubmitH
     [record] = submit.receive()
     assert record["attributes"]["ApproximateReceiveCount"] == "3"
     assert submit.invoke([record]) == set()
-    assert submit.record("throttled").status is JobStatus.SUBMITTED
+    submitted = submit.record("throttled")
+    assert (submitted.status, submitted.submit_retry_at) == (JobStatus.SUBMITTED, None)
     assert submit.kling.creates_for("throttled") == 3
 
 

@@ -61,7 +61,7 @@ class MemoryLeases:
         self.records.items[job_id] = record.model_copy(update=lease.attributes())
         return True
 
-    def release(self, job_id: str, owner: str) -> None:
+    def release(self, job_id: str, owner: str, *, retry_at_ms: int | None = None) -> None:
         self.released.append(owner)
 
 

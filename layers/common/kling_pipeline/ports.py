@@ -38,11 +38,14 @@ class JobRecords(Protocol):
         remove: Iterable[str] = (),
         kling_updated_at: int | None = None,
         expected_task_id: str | None = None,
+        unless_held_at: int | None = None,
     ) -> JobRecord | None:
         """Move the job to `to` if the status order allows it; the new record, or None if it did not move.
 
         `kling_updated_at` makes a Kling report older than the last one applied a no-op; `expected_task_id`
-        refuses a report about another task.
+        refuses a report about another task; `unless_held_at` (Unix ms, now) refuses while a submit delivery
+        holds the job (contract.lease.held_until_ms), so a check-then-fail cannot race a delivery creating the
+        job's task.
         """
         ...
 
@@ -62,8 +65,8 @@ class SubmitLeases(Protocol):
         """Record `lease` on a pending job whose lease is absent or expired; False if the job is not free."""
         ...
 
-    def release(self, job_id: str, owner: str) -> None:
-        """Drop `owner`'s lease, if it still holds it."""
+    def release(self, job_id: str, owner: str, *, retry_at_ms: int | None = None) -> None:
+        """Drop `owner`'s lease, if it still holds it; `retry_at_ms` records when its message is due again."""
         ...
 
 

@@ -13,8 +13,8 @@ import json
 import time
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from itertools import islice
 from decimal import Decimal
+from itertools import islice
 from typing import Any
 
 import boto3
@@ -24,8 +24,8 @@ from botocore.exceptions import ClientError
 
 from kling_pipeline.adapters.aws_errors import error_code, is_condition_failure
 from kling_pipeline.contract.clock import now_millis, utc_now_iso
-from kling_pipeline.contract.lease import Lease
-from kling_pipeline.contract.record import LEASE_OWNER, LEASE_UNTIL, JobRecord
+from kling_pipeline.contract.lease import RETRY_DELIVERY_MARGIN_SECONDS, Lease
+from kling_pipeline.contract.record import LEASE_ATTRIBUTES, LEASE_OWNER, LEASE_UNTIL, RETRY_AT, JobRecord
 from kling_pipeline.contract.status import JobStatus
 
 logger = Logger(child=True)
@@ -112,6 +112,16 @@ def status_condition(
         values[":task_id"] = expected_task_id
         parts.append("(attribute_not_exists(kling_task_id) OR kling_task_id = :task_id)")
     return Condition(" AND ".join(parts), values, {"#status": "status"})
+
+
+def not_held_condition(now_ms: int) -> Condition:
+    """No submit delivery holds the job at `now_ms`: no live lease, no retry due within the delivery margin."""
+    return Condition(
+        "(attribute_not_exists(#lease_until) OR #lease_until < :now)"
+        " AND (attribute_not_exists(#retry_at) OR #retry_at < :retry_due)",
+        {":now": now_ms, ":retry_due": now_ms - int(RETRY_DELIVERY_MARGIN_SECONDS * 1000)},
+        {"#lease_until": LEASE_UNTIL, "#retry_at": RETRY_AT},
+    )
 
 
 @dataclass(frozen=True)
@@ -214,10 +224,13 @@ class DynamoJobRecords:
         remove: Iterable[str] = (),
         kling_updated_at: int | None = None,
         expected_task_id: str | None = None,
+        unless_held_at: int | None = None,
     ) -> JobRecord | None:
         condition = status_condition(to, kling_updated_at=kling_updated_at, expected_task_id=expected_task_id)
         if condition is None:
             return None
+        if unless_held_at is not None:
+            condition = condition & not_held_condition(unless_held_at)
         sets = {**_checked(changes or {}), "status": to.value}
         if kling_updated_at is not None:
             sets["kling_updated_at"] = kling_updated_at
@@ -317,12 +330,13 @@ class DynamoSubmitLeases:
             {":pending": JobStatus.PENDING.value, ":now": now_millis()},
             {"#status": "status", "#until": LEASE_UNTIL},
         )
-        update = update_expression({LEASE_OWNER: lease.owner, LEASE_UNTIL: lease.until_ms})
+        update = update_expression({LEASE_OWNER: lease.owner, LEASE_UNTIL: lease.until_ms}, [RETRY_AT])
         return conditional_update(self._client, self._table, job_id, update, free) is not None
 
-    def release(self, job_id: str, owner: str) -> None:
+    def release(self, job_id: str, owner: str, *, retry_at_ms: int | None = None) -> None:
         held = Condition("#owner = :owner", {":owner": owner}, {"#owner": LEASE_OWNER})
-        conditional_update(self._client, self._table, job_id, update_expression({}, [LEASE_OWNER, LEASE_UNTIL]), held)
+        sets = {RETRY_AT: retry_at_ms} if retry_at_ms is not None else {}
+        conditional_update(self._client, self._table, job_id, update_expression(sets, LEASE_ATTRIBUTES), held)
 
 
 def _checked(changes: Mapping[str, Any]) -> Mapping[str, Any]:

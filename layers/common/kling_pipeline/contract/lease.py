@@ -17,6 +17,21 @@ from kling_pipeline.contract.record import LEASE_OWNER, LEASE_UNTIL, JobRecord
 
 # Containers' clocks differ slightly; a lease outlives its holder's deadline by this much.
 CLOCK_SKEW_SECONDS = 2.0
+# A job waiting out a retry delay is still held this long after it is due: SQS has to deliver the message
+# (the event source mapping's polling and batching window) before the delivery can take the lease.
+RETRY_DELIVERY_MARGIN_SECONDS = 60.0
+
+
+def held_until_ms(record: JobRecord) -> int:
+    """Until when a submit delivery holds the pending job (its lease, or a retry it waits out); 0 if none.
+
+    While a job is held, nothing else may fail it: the holder may be creating its Kling task right now, or
+    will create it when its message comes back.
+    """
+    until = record.submit_lease_until or 0
+    if record.submit_retry_at is not None:
+        until = max(until, record.submit_retry_at + int(RETRY_DELIVERY_MARGIN_SECONDS * 1000))
+    return until
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,10 @@ COPY_ATTEMPTS = "copy_attempts"
 RECONCILED_AT = "reconciled_at"
 LEASE_OWNER = "submit_lease_owner"
 LEASE_UNTIL = "submit_lease_until"  # Unix milliseconds
+RETRY_AT = "submit_retry_at"  # Unix milliseconds
 LEASE_ATTRIBUTES = (LEASE_OWNER, LEASE_UNTIL)
+# Everything that says a submit delivery holds a pending job; removed when the job leaves `pending`.
+SUBMIT_HOLD_ATTRIBUTES = (*LEASE_ATTRIBUTES, RETRY_AT)
 
 
 class StoredImage(BaseModel):
@@ -58,6 +61,8 @@ class JobRecord(BaseModel):
     # While `pending`: which submit delivery may talk to Kling for the job, and until when.
     submit_lease_owner: str | None = None
     submit_lease_until: int | None = None
+    # While `pending` between deliveries: when the delivery that Kling told to come back later is due again.
+    submit_retry_at: int | None = None
     reconciled_at: str | None = None  # the reconciler's last check that changed nothing
 
     @property

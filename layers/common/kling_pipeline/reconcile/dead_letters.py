@@ -4,8 +4,11 @@ Each run reads a bounded number of messages. For each, the job (the body's `job_
 submit decides) is:
 - already final: nothing to do;
 - missing (submit never recorded it): recorded `failed` with `dead_lettered`;
-- `pending`: looked up at Kling first (an attempt may have created the task before failing): a task found is
-  adopted through JobProgress; otherwise the job becomes `failed` with `dead_lettered`;
+- `pending` and held by a submit delivery (a live lease, or a retry delay it waits out): left alone, and the
+  message kept for a later run: the delivery may be creating the job's task right now;
+- `pending` otherwise: looked up at Kling first (an attempt may have created the task before failing): a task
+  found is adopted through JobProgress; otherwise the job becomes `failed` with `dead_lettered`, by a write
+  that does not happen if a delivery took the job meanwhile;
 - past `pending`: alive and owned by the open-jobs pass, left alone.
 The message is then deleted: the job record (and its `Job Failed` event) is the durable outcome, and a
 redrive could not restart a failed job anyway. A message whose handling failed stays for the next run.
@@ -16,15 +19,18 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
+from collections.abc import Callable
 from enum import StrEnum
 from typing import Any
 
 from aws_lambda_powertools import Logger
 
+from kling_pipeline.contract.clock import now_millis
 from kling_pipeline.contract.errors import InvalidJobError, JobError
 from kling_pipeline.contract.job import parse_job
 from kling_pipeline.contract.json_text import json_object_or_none
-from kling_pipeline.contract.record import COPY_ERROR, JobRecord
+from kling_pipeline.contract.lease import held_until_ms
+from kling_pipeline.contract.record import COPY_ERROR, SUBMIT_HOLD_ATTRIBUTES, JobRecord
 from kling_pipeline.contract.status import JobStatus
 from kling_pipeline.kling.errors import KlingError
 from kling_pipeline.ports import DeadLetter, DeadLetterQueue, JobRecords, KlingTasks
@@ -41,7 +47,12 @@ class DeadLetterOutcome(StrEnum):
     ADOPTED = "adopted"  # Kling had the task: the job lives on
     ALREADY_FINAL = "already_final"  # e.g. submit failed it on the last delivery, then let SQS dead-letter it
     IN_PROGRESS = "in_progress"  # the job is past pending: the open-jobs pass owns it
+    HELD = "held"  # a submit delivery holds the pending job: the message stays for a later run
     ERROR = "error"  # not handled this run; the message stays in the DLQ
+
+
+# Outcomes whose message stays in the DLQ for a later run (every other one is settled and deleted).
+KEPT = frozenset({DeadLetterOutcome.ERROR, DeadLetterOutcome.HELD})
 
 
 class DeadLetterSweeper:
@@ -55,12 +66,14 @@ class DeadLetterSweeper:
         progress: JobProgress,
         *,
         max_messages: int,
+        clock: Callable[[], int] = now_millis,
     ) -> None:
         self._queue = queue
         self._store = records
         self._kling = kling
         self._progress = progress
         self._max_messages = max_messages
+        self._clock = clock
 
     def sweep(self, deadline: float) -> Counter[DeadLetterOutcome]:
         """Handle dead letters until none are left, `max_messages` were read, or `deadline` (monotonic) passed."""
@@ -75,7 +88,7 @@ class DeadLetterSweeper:
             for letter in letters:
                 outcome = self._settle_quietly(letter, deadline)
                 outcomes[outcome] += 1
-                if outcome is not DeadLetterOutcome.ERROR:
+                if outcome not in KEPT:
                     settled.append(letter)
             self._queue.delete(settled)
         return outcomes
@@ -95,6 +108,8 @@ class DeadLetterSweeper:
             return DeadLetterOutcome.ALREADY_FINAL
         if record.status is not JobStatus.PENDING:
             return DeadLetterOutcome.IN_PROGRESS
+        if held_until_ms(record) > self._clock():
+            return DeadLetterOutcome.HELD
         task = self._kling.find_task_by_external_id(job_id)
         if task is not None:
             try:
@@ -102,11 +117,19 @@ class DeadLetterSweeper:
                 return DeadLetterOutcome.ADOPTED
             except TaskMismatchError as mismatch:
                 logger.warning("Kling's task for this job id is not this job's", extra={"reason": str(mismatch)})
-        failed = self._store.advance(job_id, JobStatus.FAILED, changes={"error": error.as_dict()}, remove=[COPY_ERROR])
+        failed = self._store.advance(
+            job_id,
+            JobStatus.FAILED,
+            changes={"error": error.as_dict()},
+            remove=[COPY_ERROR, *SUBMIT_HOLD_ATTRIBUTES],
+            unless_held_at=self._clock(),
+        )
         if failed is not None:
             return DeadLetterOutcome.FAILED
-        current = self._store.get(job_id)
-        return DeadLetterOutcome.ALREADY_FINAL if current and current.status.is_final else DeadLetterOutcome.IN_PROGRESS
+        current = self._store.get(job_id)  # finished, moved on, or taken by a delivery meanwhile
+        if current is None or current.status.is_final:
+            return DeadLetterOutcome.ALREADY_FINAL
+        return DeadLetterOutcome.HELD if current.status is JobStatus.PENDING else DeadLetterOutcome.IN_PROGRESS
 
     def _settle_quietly(self, letter: DeadLetter, deadline: float) -> DeadLetterOutcome:
         logger.append_keys(job_id=letter.job_id, message_id=letter.message_id)

@@ -29,11 +29,15 @@ class Step(StrEnum):
 
 
 def next_step(job: JobRecord, now: datetime, options: ReconcileOptions, *, lease_seconds_left: float = 0.0) -> Step:
-    """Due when the job has been quiet for its status's threshold, or is past the maximum age."""
+    """Due when the job has been quiet for its status's threshold, or is past the maximum age.
+
+    `lease_seconds_left`: how long a submit delivery still holds a pending job (its lease, or a retry delay it
+    waits out); while it does, the job is the delivery's business.
+    """
     if job.status.is_final:
         return Step.WAIT
     if job.status is JobStatus.PENDING:
-        if lease_seconds_left > 0:  # a submit delivery is talking to Kling for it right now
+        if lease_seconds_left > 0:  # a submit delivery is talking to Kling for it, or will again soon
             return Step.WAIT
         threshold, step = options.pending_grace, Step.LOOK_UP
     elif job.status is JobStatus.COPYING:

@@ -26,7 +26,7 @@ from aws_lambda_powertools import Logger
 
 from kling_pipeline.contract.clock import iso_timestamp, utc_now
 from kling_pipeline.contract.errors import JobError
-from kling_pipeline.contract.lease import Lease
+from kling_pipeline.contract.lease import held_until_ms
 from kling_pipeline.contract.record import COPY_ERROR, RECONCILED_AT, JobRecord
 from kling_pipeline.contract.settings import ReconcileOptions
 from kling_pipeline.contract.status import JobStatus
@@ -109,8 +109,8 @@ class JobReconciler:
 
     def reconcile(self, job: JobRecord, *, deadline: float | None = None) -> JobReport:
         now = self._clock()
-        lease = Lease.of(job)
-        step = next_step(job, now, self._options, lease_seconds_left=lease.seconds_left() if lease else 0.0)
+        held_for = max(0.0, (held_until_ms(job) - int(now.timestamp() * 1000)) / 1000)
+        step = next_step(job, now, self._options, lease_seconds_left=held_for)
         if step is Step.WAIT:
             return JobReport(job.job_id, JobOutcome.WAITING)
         try:
@@ -165,7 +165,11 @@ class JobReconciler:
 
     def _fail(self, job: JobRecord, error: JobError, outcome: JobOutcome) -> JobReport:
         failed = self._store.advance(
-            job.job_id, JobStatus.FAILED, changes={"error": error.as_dict()}, remove=[COPY_ERROR]
+            job.job_id,
+            JobStatus.FAILED,
+            changes={"error": error.as_dict()},
+            remove=[COPY_ERROR],
+            unless_held_at=int(self._clock().timestamp() * 1000),
         )
         if failed is None:  # finished meanwhile (a callback, another run): its own outcome stands
             return JobReport(job.job_id, JobOutcome.UNCHANGED, "finished meanwhile")

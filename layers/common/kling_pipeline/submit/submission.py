@@ -23,7 +23,7 @@ from kling_pipeline.contract.clock import now_millis
 from kling_pipeline.contract.errors import ErrorCode, InvalidJobError, JobError
 from kling_pipeline.contract.job import Job, job_id_in, parse_job
 from kling_pipeline.contract.lease import Lease
-from kling_pipeline.contract.record import LEASE_ATTRIBUTES, JobRecord
+from kling_pipeline.contract.record import SUBMIT_HOLD_ATTRIBUTES, JobRecord
 from kling_pipeline.contract.status import JobStatus
 from kling_pipeline.kling.errors import KlingError, KlingPermanentError, KlingRetryableError
 from kling_pipeline.kling.task import KlingTask
@@ -177,7 +177,7 @@ class Submission:
     def _record_task(self, job_id: str, task: KlingTask, kind: OutcomeKind) -> Outcome:
         self._log_context(kling_task_id=task.task_id)
         changes = {"kling_task_id": task.task_id, "kling_status": task.task_status}
-        if self._records.advance(job_id, JobStatus.SUBMITTED, changes=changes, remove=LEASE_ATTRIBUTES) is None:
+        if self._records.advance(job_id, JobStatus.SUBMITTED, changes=changes, remove=SUBMIT_HOLD_ATTRIBUTES) is None:
             logger.info("job %s as Kling task %s, but a callback had already moved it past pending", kind, task.task_id)
         else:
             logger.info("job %s as Kling task %s", kind, task.task_id)
@@ -194,8 +194,9 @@ class Submission:
             error = error.model_copy(update={"message": f"{error.message} (gave up after {queued.attempt} attempts)"})
             logger.warning("Kling still says later on the last allowed attempt: %s", later)
             return self._fail(job_id, error, OutcomeKind.GAVE_UP)
-        self._leases.release(job_id, lease.owner)
         delay = self._policy.delay(queued.attempt, at_least=later.retry_after)
+        # The job stays held while its message waits: the dead-letter sweep must not fail it meanwhile.
+        self._leases.release(job_id, lease.owner, retry_at_ms=self._clock() + delay * 1000)
         logger.info("Kling says later; retrying", reason=str(later), attempt=queued.attempt, retry_in_seconds=delay)
         return Outcome(OutcomeKind.RETRY, job_id, error=kling_job_error(later), delay_seconds=delay)
 
@@ -208,7 +209,7 @@ class Submission:
 
     def _fail(self, job_id: str, error: JobError, kind: OutcomeKind) -> Outcome:
         changes = {"error": error.as_dict()}
-        if self._records.advance(job_id, JobStatus.FAILED, changes=changes, remove=LEASE_ATTRIBUTES) is None:
+        if self._records.advance(job_id, JobStatus.FAILED, changes=changes, remove=SUBMIT_HOLD_ATTRIBUTES) is None:
             logger.warning("job could not be marked failed: it is no longer open")
         return Outcome(kind, job_id, error=error)
 
