@@ -58,8 +58,13 @@ def _create(state: SimState, raw: bytes) -> Response:
         body = json.loads(raw or b"null")
     except (ValueError, UnicodeDecodeError):
         raise invalid("body: must be valid JSON") from None
-    task, disconnect = state.create_task(validate_create(body))
-    response = envelope(task.create_view())
+    task, disconnect, garbled = state.create_task(validate_create(body))
+    if garbled == "html":
+        return Response(200, b"<html><body>Request accepted</body></html>", content_type="text/html")
+    view = task.create_view()
+    if garbled == "no_status":
+        view = {name: value for name, value in view.items() if name != "task_status"}
+    response = envelope(view)
     response.disconnect = disconnect
     return response
 

@@ -22,6 +22,12 @@ class CodeRate(TypedDict):
     rate: float
 
 
+# How an accepted create can be answered badly: a 200 carrying an HTML page (a proxy's), or Kling's envelope
+# whose task lacks `task_status` (a relay that trims it).
+GarbledAnswer = Literal["html", "no_status"]
+GARBLED_ANSWERS: frozenset[str] = frozenset({"html", "no_status"})
+
+
 class ImageErrors(TypedDict):
     """Spoil the next `times` image downloads (-1: always): an HTTP `status`, or a `truncate`d body."""
 
@@ -38,6 +44,7 @@ class Faults:
     create_error_rate: CodeRate | None = None
     auth_errors: list[CodeTimes] = dataclasses.field(default_factory=list)
     create_accept_then_disconnect: int = 0
+    create_garbled_answers: list[GarbledAnswer] = dataclasses.field(default_factory=list)
     latency_ms: int = 0
     callback_drop_rate: float = 0.0
     callback_duplicates: int = 0
@@ -53,6 +60,10 @@ class Faults:
         if self.image_errors is not None:
             self.image_errors = _image_errors("image_errors", self.image_errors)
         _count("create_accept_then_disconnect", self.create_accept_then_disconnect)
+        answers = self.create_garbled_answers
+        if not isinstance(answers, list) or not set(answers) <= GARBLED_ANSWERS:
+            raise ValueError(f"create_garbled_answers: must be a list of {sorted(GARBLED_ANSWERS)} (got {answers!r})")
+        self.create_garbled_answers = list(answers)
         _count("latency_ms", self.latency_ms)
         _count("callback_duplicates", self.callback_duplicates)
         _rate("callback_drop_rate", self.callback_drop_rate)
@@ -86,6 +97,10 @@ class Faults:
         if code is None and self.create_error_rate is not None and rng.random() < self.create_error_rate["rate"]:
             code = self.create_error_rate["code"]
         return code
+
+    def take_garbled_answer(self) -> GarbledAnswer | None:
+        """How to spoil the answer to the create just accepted, if at all (consumed in order)."""
+        return self.create_garbled_answers.pop(0) if self.create_garbled_answers else None
 
     def take_disconnect(self) -> bool:
         if self.create_accept_then_disconnect <= 0:

@@ -10,7 +10,7 @@ from typing import Any
 from devstack.kling_simulator.callbacks import CallbackDispatcher
 from devstack.kling_simulator.config import SimulatorConfig
 from devstack.kling_simulator.errors import KlingError, invalid
-from devstack.kling_simulator.faults import Faults
+from devstack.kling_simulator.faults import Faults, GarbledAnswer
 from devstack.kling_simulator.images import ImageStore
 from devstack.kling_simulator.lifecycle import Lifecycle
 from devstack.kling_simulator.records import RecordedRequest
@@ -87,10 +87,11 @@ class SimState:
 
     # -- tasks ----------------------------------------------------------------------------------------
 
-    def create_task(self, request: CreateRequest) -> tuple[Task, bool]:
+    def create_task(self, request: CreateRequest) -> tuple[Task, bool, GarbledAnswer | None]:
         """Store a task for a valid create, or raise the KlingError Kling would answer with.
 
-        Returns the task and whether to drop the connection instead of answering (accept-then-disconnect).
+        Returns the task, whether to drop the connection instead of answering (accept-then-disconnect), and how
+        to spoil the answer otherwise (accept-then-garble).
         """
         with self.lock:
             if request.external_task_id is not None and self.store.has_external(request.external_task_id):
@@ -110,11 +111,12 @@ class SimState:
                 will_fail=will_fail,
             )
             disconnect = self.faults.take_disconnect()
+            garbled = None if disconnect else self.faults.take_garbled_answer()
             if self.config.callback_on_submit:
                 self.callbacks.status_changed(task.callback_url, task.view())
         if self.config.auto_advance:
             self.lifecycle.schedule(self.config.processing_delay, task.task_id, "submitted", "processing")
-        return task, disconnect
+        return task, disconnect, garbled
 
     def find(self, task_or_external_id: str) -> dict[str, Any] | None:
         with self.lock:

@@ -418,6 +418,24 @@ def test_kling_accepting_then_dropping_the_connection_still_makes_one_task(submi
     assert record.kling_task_id == submit.kling.task("dropped")["task_id"]  # type: ignore[index]
 
 
+@pytest.mark.parametrize("answer", ["html", "no_status"])
+def test_an_accepted_create_whose_answer_does_not_parse_is_adopted_not_failed(
+    submit: SubmitHarness, answer: str
+) -> None:
+    """Regression (hardening #8): a 200 that is not a task (an HTML page, an envelope without task_status)
+    failed the job while its task ran at Kling; it is resolved by looking the task up by external_task_id."""
+    submit.kling.set_faults(create_garbled_answers=[answer])
+    submit.send({"job_id": f"garbled-{answer}", "prompt": PROMPT})
+
+    assert submit.invoke(submit.receive()) == set()
+
+    record = submit.record(f"garbled-{answer}")
+    assert record.status is JobStatus.SUBMITTED
+    assert record.error is None
+    assert record.kling_task_id == submit.kling.task(f"garbled-{answer}")["task_id"]  # type: ignore[index]
+    assert submit.kling.creates_for(f"garbled-{answer}") == 1
+
+
 def test_a_crash_between_kling_and_the_record_still_makes_one_task(
     submit: SubmitHarness, monkeypatch: pytest.MonkeyPatch
 ) -> None:

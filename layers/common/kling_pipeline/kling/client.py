@@ -17,9 +17,12 @@ from requests.adapters import HTTPAdapter
 
 from kling_pipeline.kling.auth import KlingAuth
 from kling_pipeline.kling.errors import (
+    NETWORK_BACKOFF,
     NOT_FOUND_CODE,
+    KlingAmbiguousAnswerError,
     KlingAuthExpiredError,
     KlingPermanentError,
+    KlingUnexpectedAnswerError,
     classify,
     envelope_code,
     network_error,
@@ -66,8 +69,16 @@ class KlingClient:
         look it up with `find_task_by_external_id` before creating it again.
         """
         payload = json.dumps(body, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-        envelope = self._call("POST", self._endpoint, data=payload.encode())
-        return _parsed(envelope)
+        try:
+            return _parsed(self._call("POST", self._endpoint, data=payload.encode()))
+        except KlingUnexpectedAnswerError as exc:
+            # Kling said yes but not what it made: the task may well exist (and is billed), so this is never
+            # a reason to fail the job; the caller looks it up by external_task_id.
+            raise KlingAmbiguousAnswerError(
+                f"create answered without a usable task ({exc.message}); the task may exist",
+                retry_after=NETWORK_BACKOFF,
+                http_status=exc.http_status,
+            ) from exc
 
     def get_task(self, task_id: str) -> KlingTask:
         """The task by Kling's task id or by our external task id (the path slot takes either)."""
@@ -135,7 +146,13 @@ class KlingClient:
 
         envelope = _json_object(response)
         code = envelope_code(envelope)
-        if 200 <= response.status_code < 300 and envelope is not None and code in (0, None):
+        if 200 <= response.status_code < 300 and code in (0, None):
+            if envelope is None:
+                what = response.headers.get("Content-Type", "no content type")
+                raise KlingUnexpectedAnswerError(
+                    f"HTTP {response.status_code} answer is not a JSON object ({what})",
+                    http_status=response.status_code,
+                )
             return envelope
         raise classify(response.status_code, envelope, retry_after_header=response.headers.get("Retry-After"))
 
@@ -172,7 +189,7 @@ def _parsed(item: Any) -> KlingTask:
     try:
         return parse_task(item)
     except NotATaskError as exc:
-        raise KlingPermanentError(f"unexpected answer: {exc}") from exc
+        raise KlingUnexpectedAnswerError(f"unexpected answer: {exc}") from exc
 
 
 def _task_list(envelope: Mapping[str, Any]) -> list[Any]:

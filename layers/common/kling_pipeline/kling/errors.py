@@ -68,8 +68,17 @@ class KlingRetryableError(KlingError):
         self.retry_after = retry_after
 
 
+class KlingAmbiguousAnswerError(KlingRetryableError):
+    """A create was answered with success but no usable task (an HTML page, a task without its status): the task
+    may exist. Look it up by external_task_id before anything else; never fail the job on this answer alone."""
+
+
 class KlingPermanentError(KlingError):
     """Trying again will not help: the request, the account or the credentials must change."""
+
+
+class KlingUnexpectedAnswerError(KlingPermanentError):
+    """A success status whose body is not what was asked for (not JSON, not a task)."""
 
 
 class KlingAuthExpiredError(KlingPermanentError):

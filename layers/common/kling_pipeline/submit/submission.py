@@ -25,7 +25,12 @@ from kling_pipeline.contract.job import Job, job_id_in, parse_job
 from kling_pipeline.contract.lease import Lease
 from kling_pipeline.contract.record import SUBMIT_HOLD_ATTRIBUTES, JobRecord
 from kling_pipeline.contract.status import JobStatus
-from kling_pipeline.kling.errors import KlingError, KlingPermanentError, KlingRetryableError
+from kling_pipeline.kling.errors import (
+    KlingAmbiguousAnswerError,
+    KlingError,
+    KlingPermanentError,
+    KlingRetryableError,
+)
 from kling_pipeline.kling.task import KlingTask
 from kling_pipeline.ports import ImageUnavailableError, ImageUrls, JobRecords, KlingTasks, Source, SubmitLeases
 from kling_pipeline.submit.retry_policy import RetryPolicy
@@ -165,6 +170,12 @@ class Submission:
         body = job.kling_body(callback_url=self._callback_url(job.job_id), image=image)
         try:
             return self._kling.create_task(body), OutcomeKind.SUBMITTED
+        except KlingAmbiguousAnswerError:
+            existing = self._find_quietly(job.job_id)
+            if existing is None:
+                raise  # said later: the next delivery looks the task up again before creating one
+            logger.info("Kling accepted the create without a usable answer: adopting the task it made")
+            return existing, OutcomeKind.ADOPTED
         except KlingPermanentError as refusal:
             if refusal.code not in DUPLICATE_EXTERNAL_ID_CODES:
                 raise
