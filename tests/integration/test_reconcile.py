@@ -189,6 +189,35 @@ def test_with_every_callback_dropped_one_run_finishes_every_job_with_its_images(
     assert world.events() == []
 
 
+def test_a_final_jobs_event_that_could_not_be_published_is_published_by_a_later_run(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression (hardening #7): the event went out after the final write, once; when PutEvents failed, every
+    retry found the job final and nobody ever published it. Now the record keeps an outbox flag."""
+    world.sim.set_faults(callback_drop_rate=1.0)
+    world.send_jobs(_job("unannounced", n=1))
+    assert world.submit_queued(1) == set()
+    world.wait_for_tasks(["unannounced"])
+    monkeypatch.setenv("EVENT_BUS_NAME", "a-bus-that-is-gone")  # PutEvents fails: the bus does not exist
+    _clear_handler_caches()
+
+    assert world.reconcile()["jobs"] == {"succeeded": 1}
+
+    record = world.record("unannounced")
+    assert (record.status, record.event_pending) == (JobStatus.SUCCEEDED, True)
+    assert world.events() == []
+    assert world.reconcile()["jobs"] == {"error": 1}  # still gone: kept for the next run, counted as an error
+    monkeypatch.delenv("EVENT_BUS_NAME")
+    _clear_handler_caches()
+
+    assert world.reconcile()["jobs"] == {"announced": 1}
+
+    assert world.record("unannounced").event_pending is None
+    [event] = world.events()
+    assert (event["detail-type"], event["detail"]["job_id"]) == ("Job Succeeded", "unannounced")
+    assert world.reconcile()["examined"] == 0  # announced: off the index
+
+
 def test_a_job_kling_failed_while_its_callbacks_were_lost_fails_with_klings_reason(world: World) -> None:
     world.sim.set_faults(callback_drop_rate=1.0)
     world.send_jobs(_job("kling-says-no", prompt=f"please fail {FAIL_MARKER}"))

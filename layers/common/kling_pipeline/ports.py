@@ -56,7 +56,14 @@ class JobRecords(Protocol):
         ...
 
     def open_jobs(self, *, updated_before: str | None = None, limit: int = 100) -> Iterator[JobRecord]:
-        """Jobs that are not final, quietest first, at most `limit`."""
+        """Jobs with work left, quietest first, at most `limit`: every job that is not final, and final jobs
+        whose event is still to be published (`event_pending`)."""
+        ...
+
+    def announce(self, record: JobRecord) -> bool:
+        """Publish a final job's pending event (the outbox); True once it is published (or none was pending).
+
+        The write that makes a job final publishes it at once; this is for the ones that failed to."""
         ...
 
 

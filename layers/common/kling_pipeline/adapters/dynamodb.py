@@ -25,7 +25,14 @@ from botocore.exceptions import ClientError
 from kling_pipeline.adapters.aws_errors import error_code, is_condition_failure
 from kling_pipeline.contract.clock import now_millis, utc_now_iso
 from kling_pipeline.contract.lease import RETRY_DELIVERY_MARGIN_SECONDS, Lease
-from kling_pipeline.contract.record import LEASE_ATTRIBUTES, LEASE_OWNER, LEASE_UNTIL, RETRY_AT, JobRecord
+from kling_pipeline.contract.record import (
+    EVENT_PENDING,
+    LEASE_ATTRIBUTES,
+    LEASE_OWNER,
+    LEASE_UNTIL,
+    RETRY_AT,
+    JobRecord,
+)
 from kling_pipeline.contract.status import JobStatus
 
 logger = Logger(child=True)
@@ -175,8 +182,13 @@ def conditional_update(
 
 
 class DynamoJobRecords:
-    """The JobRecords port on the jobs table. `on_final` is called once per job, by the writer whose
-    conditional write made it final."""
+    """The JobRecords port on the jobs table.
+
+    `on_final` (the event publisher) is called by the writer whose conditional write made a job final. That
+    write also sets `event_pending` and keeps the job on the open-jobs index; a publish that succeeds clears
+    both, one that fails leaves them for the reconciler (`announce`): every final job's event goes out at
+    least once.
+    """
 
     def __init__(
         self,
@@ -201,7 +213,9 @@ class DynamoJobRecords:
         item = record.model_dump(mode="json", exclude_none=True)
         if record.status.is_final:
             item[TTL_ATTRIBUTE] = self._expiry()
-        else:
+            if self._on_final is not None:
+                item[EVENT_PENDING] = True
+        if not record.status.is_final or self._on_final is not None:
             item[OPEN_SHARD_ATTRIBUTE] = open_shard_for(record.job_id, self._open_shards)
         try:
             self._client.put_item(
@@ -237,7 +251,10 @@ class DynamoJobRecords:
         removals = list(_checked(dict.fromkeys(remove)))
         if to.is_final:
             sets[TTL_ATTRIBUTE] = self._expiry()
-            removals.append(OPEN_SHARD_ATTRIBUTE)
+            if self._on_final is not None:
+                sets[EVENT_PENDING] = True  # the job stays on the open-jobs index until its event is out
+            else:
+                removals.append(OPEN_SHARD_ATTRIBUTE)
         record = self._update(job_id, sets, removals, condition)
         if record is not None and to.is_final:
             self._announce(record)
@@ -309,9 +326,33 @@ class DynamoJobRecords:
         item = conditional_update(self._client, self._table, job_id, update_expression(sets, removals), condition)
         return record_from_item(item) if item is not None else None
 
-    def _announce(self, record: JobRecord) -> None:
-        if self._on_final is not None:
+    def announce(self, record: JobRecord) -> bool:
+        if not record.status.is_final or not record.event_pending:
+            return True
+        return self._announce(record)
+
+    def _announce(self, record: JobRecord) -> bool:
+        """Publish, then clear the outbox flag; a failure is logged and left for the reconciler, never raised:
+        the job's state is final and correct, and must not be undone by a lost announcement."""
+        if self._on_final is None:
+            return True
+        try:
             self._on_final(record)
+        except Exception:
+            logger.exception("the job's event could not be published; the reconciler publishes it later")
+            return False
+        published = Condition("#pending = :true", {":true": True}, {"#pending": EVENT_PENDING})
+        try:
+            conditional_update(
+                self._client,
+                self._table,
+                record.job_id,
+                update_expression({}, [EVENT_PENDING, OPEN_SHARD_ATTRIBUTE]),
+                published,
+            )
+        except ClientError:
+            logger.exception("the job's event was published but not marked so; it may be published again")
+        return True
 
     def _expiry(self) -> int:
         return int(time.time()) + self._retention_seconds

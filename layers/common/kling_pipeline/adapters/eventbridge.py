@@ -34,6 +34,10 @@ def job_finished_detail(record: JobRecord, images_bucket: str | None) -> dict[st
     }
 
 
+class EventNotPublishedError(RuntimeError):
+    """EventBridge took the call but not the event (FailedEntryCount > 0)."""
+
+
 class JobEventPublisher:
     """Publishes `Job Succeeded` / `Job Failed` to an event bus; wired into DynamoJobRecords as its `on_final` hook."""
 
@@ -58,5 +62,8 @@ class JobEventPublisher:
         }
         response = self._client.put_events(Entries=[entry])
         if response.get("FailedEntryCount"):
-            # The job's state is already final and correct; a lost announcement must not undo it.
-            logger.error("could not publish job event", extra={"job_id": record.job_id, "response": response})
+            failure = (response.get("Entries") or [{}])[0]
+            raise EventNotPublishedError(
+                f"job {record.job_id}: {detail_type} not published "
+                f"({failure.get('ErrorCode', 'unknown error')}: {failure.get('ErrorMessage', '')})"
+            )

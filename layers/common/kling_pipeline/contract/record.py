@@ -14,6 +14,7 @@ from kling_pipeline.contract.status import JobStatus
 COPY_ERROR = "copy_error"
 COPY_ATTEMPTS = "copy_attempts"
 RECONCILED_AT = "reconciled_at"
+EVENT_PENDING = "event_pending"
 LEASE_OWNER = "submit_lease_owner"
 LEASE_UNTIL = "submit_lease_until"  # Unix milliseconds
 RETRY_AT = "submit_retry_at"  # Unix milliseconds
@@ -64,6 +65,8 @@ class JobRecord(BaseModel):
     # While `pending` between deliveries: when the delivery that Kling told to come back later is due again.
     submit_retry_at: int | None = None
     reconciled_at: str | None = None  # the reconciler's last check that changed nothing
+    # Once final: true until the job's `Job Succeeded`/`Job Failed` event is published (the outbox).
+    event_pending: bool | None = None
 
     @property
     def copies_tried(self) -> int:

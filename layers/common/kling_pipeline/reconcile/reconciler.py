@@ -58,6 +58,7 @@ class JobOutcome(StrEnum):
     TIMED_OUT = "timed_out"  # failed: past RECONCILE_MAX_JOB_AGE_SECONDS
     ERROR = "error"  # Kling could not be asked, or answered about another task; retried next time
     DEFERRED = "deferred"  # the run's time was up before this job's turn
+    ANNOUNCED = "announced"  # a final job's event that had failed to go out was published
 
 
 @dataclass(frozen=True)
@@ -108,6 +109,10 @@ class JobReconciler:
         self._clock = clock
 
     def reconcile(self, job: JobRecord, *, deadline: float | None = None) -> JobReport:
+        if job.status.is_final:  # on the index only while its event is still to be published
+            if self._store.announce(job):
+                return JobReport(job.job_id, JobOutcome.ANNOUNCED)
+            return JobReport(job.job_id, JobOutcome.ERROR, "its event could not be published (see the log)")
         now = self._clock()
         held_for = max(0.0, (held_until_ms(job) - int(now.timestamp() * 1000)) / 1000)
         step = next_step(job, now, self._options, lease_seconds_left=held_for)
