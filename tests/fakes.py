@@ -378,6 +378,17 @@ class StaticImageUrls:
         return f"{self.base}/{location.bucket}/{location.key}?signature=test"
 
 
+def static_dns(table: Mapping[str, list[str]]) -> Callable[[str, int], list[str]]:
+    """A resolver for UrlGuard (adapters.url_guard.Resolver) answering from `table`; other hosts do not resolve."""
+
+    def resolve(host: str, port: int) -> list[str]:
+        if host not in table:
+            raise OSError(f"no such host {host}")
+        return table[host]
+
+    return resolve
+
+
 # -- queues ----------------------------------------------------------------------------------------------------------
 
 
