@@ -23,7 +23,7 @@ from kling_pipeline.contract.job import S3Location
 from kling_pipeline.contract.lease import Lease
 from kling_pipeline.contract.record import LEASE_OWNER, LEASE_UNTIL, JobRecord, StoredImage
 from kling_pipeline.contract.status import JobStatus
-from kling_pipeline.kling.errors import NOT_FOUND_CODE, KlingError, KlingPermanentError
+from kling_pipeline.kling.errors import NOT_FOUND_CODE, KlingPermanentError
 from kling_pipeline.kling.task import KlingTask
 from kling_pipeline.ports import (
     CopyResult,
@@ -229,17 +229,18 @@ class FakeKling:
     """The KlingTasks port answering from a script (thread-safe).
 
     - `create_task` returns (or raises) the given `creates` in order; its bodies are kept in `bodies`.
-    - `get_task` answers from `tasks` (by Kling task id; a KlingError value is raised), else "not found".
-    - `find_task_by_external_id` answers from `known` (by external id; a KlingError value is raised), else None.
-    `calls` lists every call as (method, argument).
+    - `get_task` answers from `tasks` (by Kling task id; an exception value is raised), else "not found".
+    - `find_task_by_external_id` answers from `known` (by external id; an exception value is raised), else None.
+    `calls` lists every call as (method, argument); `on_call`, when set, runs first with the same two.
     """
 
     def __init__(self, *creates: KlingTask | Exception) -> None:
         self.creates = list(creates)
-        self.tasks: dict[str, KlingTask | KlingError] = {}
-        self.known: dict[str, KlingTask | KlingError] = {}
+        self.tasks: dict[str, KlingTask | Exception] = {}
+        self.known: dict[str, KlingTask | Exception] = {}
         self.bodies: list[Mapping[str, Any]] = []
         self.calls: list[tuple[str, str]] = []
+        self.on_call: Callable[[str, str], object] | None = None
         self._lock = threading.Lock()
 
     def add(self, task: KlingTask) -> KlingTask:
@@ -250,9 +251,9 @@ class FakeKling:
         return task
 
     def create_task(self, body: Mapping[str, Any]) -> KlingTask:
+        self._called("create_task", str(body.get("external_task_id")))
         with self._lock:
             self.bodies.append(body)
-            self.calls.append(("create_task", str(body.get("external_task_id"))))
             if not self.creates:
                 raise AssertionError("FakeKling: create_task called more often than scripted")
             result = self.creates.pop(0)
@@ -261,27 +262,33 @@ class FakeKling:
         return result
 
     def get_task(self, task_id: str) -> KlingTask:
+        self._called("get_task", task_id)
         with self._lock:
-            self.calls.append(("get_task", task_id))
             answer = self.tasks.get(task_id)
         if answer is None:
             raise not_found(task_id)
-        if isinstance(answer, KlingError):
+        if isinstance(answer, Exception):
             raise answer
         return answer
 
     def find_task_by_external_id(self, external_task_id: str) -> KlingTask | None:
+        self._called("find_task_by_external_id", external_task_id)
         with self._lock:
-            self.calls.append(("find_task_by_external_id", external_task_id))
             answer = self.known.get(external_task_id)
-        if isinstance(answer, KlingError):
+        if isinstance(answer, Exception):
             raise answer
         return answer
 
     def called(self, method: str) -> list[str]:
-        """The arguments of every call of `method`."""
+        """The arguments of every call of `method`, in order."""
         with self._lock:
             return [argument for name, argument in self.calls if name == method]
+
+    def _called(self, method: str, argument: str) -> None:
+        if self.on_call is not None:
+            self.on_call(method, argument)
+        with self._lock:
+            self.calls.append((method, argument))
 
 
 def kling_task(
@@ -329,20 +336,21 @@ def copy_error(
 class FakeCopier:
     """The TaskImageCopier port: the scripted `results` in order (an ImageCopyError is raised), then
     `copy_result` of the task, as the real copier stores it (no images is `no_images`). `calls` lists the
-    (job id, task id) of each copy; `before_copy`, when set, runs first (tests use it to line threads up)."""
+    (job id, task) of each copy, `deadlines` its deadline; `before_copy`, when set, runs first (tests use it to
+    line threads up)."""
 
     def __init__(self, *results: CopyResult | ImageCopyError) -> None:
         self.results = list(results)
-        self.calls: list[tuple[str, str]] = []
+        self.calls: list[tuple[str, KlingTask]] = []
         self.deadlines: list[float | None] = []
-        self.before_copy: Callable[[], None] | None = None
+        self.before_copy: Callable[[], object] | None = None
         self._lock = threading.Lock()
 
     def copy_task_images(self, job_id: str, task: KlingTask, *, deadline: float | None = None) -> CopyResult:
         if self.before_copy is not None:
             self.before_copy()
         with self._lock:
-            self.calls.append((job_id, task.task_id))
+            self.calls.append((job_id, task))
             self.deadlines.append(deadline)
             result = self.results.pop(0) if self.results else None
         if isinstance(result, ImageCopyError):
