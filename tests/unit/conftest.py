@@ -11,6 +11,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from aws_lambda_powertools import Logger
+
+# Every handler creates its service's parent logger when imported (functions/*/app.py). The shared package's
+# child loggers need it before they may add keys: the reconciler and the dead-letter sweep do, and raise
+# OrphanedChildLoggerError without it. Unit tests use those classes without a handler, so the parent is made here.
+HANDLER_LOGGER = Logger()
 
 
 class NetworkBlockedError(RuntimeError):
