@@ -39,13 +39,19 @@ from kling_pipeline.ports import (
 
 
 class FixedClock:
-    """A clock that moves only when told: `now` for the reconciler, `iso` for records, `millis` for leases."""
+    """A clock that moves only when told, read in each form the code takes: `now` (the reconciler), `iso`
+    (records), `millis` (leases, Kling's timestamps), `seconds` (Unix time, the JWT signer)."""
 
-    def __init__(self, start: datetime | None = None) -> None:
-        self._now = start if start is not None else datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
+    def __init__(self, start: datetime | float | None = None) -> None:
+        if start is None:
+            start = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
+        self._now = start if isinstance(start, datetime) else datetime.fromtimestamp(start, UTC)
 
     def now(self) -> datetime:
         return self._now
+
+    def seconds(self) -> float:
+        return self._now.timestamp()
 
     def iso(self) -> str:
         return iso_timestamp(self._now)
