@@ -8,17 +8,10 @@ import jwt
 import pytest
 
 from kling_pipeline.kling.auth import BearerKeyAuth, JwtAuth, KlingAuth
+from tests.fakes import FixedClock
 
 AK = "ak-test"
 SK = "sk-test-secret-0123456789abcdef0123"
-
-
-class FakeClock:
-    def __init__(self, now: float = 1_800_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def decode(header: str) -> dict[str, Any]:
@@ -47,11 +40,11 @@ def test_empty_bearer_key_is_refused(key: str) -> None:
 
 
 def test_jwt_header_and_claims_follow_kling() -> None:
-    clock = FakeClock()
-    header = JwtAuth(AK, SK, clock=clock).authorization()
+    clock = FixedClock(1_800_000_000.0)
+    header = JwtAuth(AK, SK, clock=clock.seconds).authorization()
     token = header.removeprefix("Bearer ")
     assert jwt.get_unverified_header(token) == {"alg": "HS256", "typ": "JWT"}
-    now = int(clock.now)
+    now = int(clock.seconds())
     assert decode(header) == {"iss": AK, "exp": now + 1800, "nbf": now - 5}
 
 
@@ -63,41 +56,44 @@ def test_jwt_is_signed_with_the_secret_key() -> None:
 
 
 def test_custom_ttl_sets_expiry() -> None:
-    clock = FakeClock()
-    assert decode(JwtAuth(AK, SK, ttl_seconds=600, clock=clock).authorization())["exp"] == int(clock.now) + 600
+    clock = FixedClock(1_800_000_000.0)
+    assert (
+        decode(JwtAuth(AK, SK, ttl_seconds=600, clock=clock.seconds).authorization())["exp"]
+        == int(clock.seconds()) + 600
+    )
 
 
 def test_token_is_cached_until_sixty_seconds_before_expiry() -> None:
-    clock = FakeClock()
-    auth = JwtAuth(AK, SK, clock=clock)
+    clock = FixedClock(1_800_000_000.0)
+    auth = JwtAuth(AK, SK, clock=clock.seconds)
     first = auth.authorization()
-    clock.now += 1800 - 61  # 61 s left: still good
+    clock.advance(seconds=1800 - 61)  # 61 s left: still good
     assert auth.authorization() == first
-    clock.now += 1  # 60 s left: re-sign
+    clock.advance(seconds=1)  # 60 s left: re-sign
     second = auth.authorization()
     assert second != first
-    assert decode(second)["exp"] == int(clock.now) + 1800
+    assert decode(second)["exp"] == int(clock.seconds()) + 1800
 
 
 def test_refresh_signs_a_different_token_even_within_the_same_second() -> None:
-    clock = FakeClock()
-    auth = JwtAuth(AK, SK, clock=clock)
+    clock = FixedClock(1_800_000_000.0)
+    auth = JwtAuth(AK, SK, clock=clock.seconds)
     first = auth.authorization()
     auth.refresh()
     second = auth.authorization()
     auth.refresh()
     third = auth.authorization()
     assert len({first, second, third}) == 3
-    assert decode(third)["nbf"] <= int(clock.now)  # still valid now
+    assert decode(third)["nbf"] <= int(clock.seconds())  # still valid now
 
 
 def test_refresh_later_signs_with_the_current_time() -> None:
-    clock = FakeClock()
-    auth = JwtAuth(AK, SK, clock=clock)
+    clock = FixedClock(1_800_000_000.0)
+    auth = JwtAuth(AK, SK, clock=clock.seconds)
     auth.authorization()
-    clock.now += 900
+    clock.advance(seconds=900)
     auth.refresh()
-    assert decode(auth.authorization())["nbf"] == int(clock.now) - 5
+    assert decode(auth.authorization())["nbf"] == int(clock.seconds()) - 5
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kling_pipeline.submit.retry_policy import MAX_VISIBILITY_SECONDS, RetryPolicy
+from kling_pipeline.contract.settings import MAX_VISIBILITY_SECONDS
+from kling_pipeline.submit.retry_policy import RetryPolicy
 
 
 def fixed(value: float) -> RetryPolicy:

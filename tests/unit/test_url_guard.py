@@ -1,17 +1,13 @@
-"""The SSRF guard: allow-list entries, internal addresses, resolved addresses, redirects.
+"""The SSRF guard: allow-list entries, internal addresses, resolved addresses.
 
-Policy tests use an injected resolver (no DNS). The redirect tests need real HTTP: they run tiny servers on
-loopback only, and a canary server that must never receive a request.
+Policy tests use an injected resolver (no DNS, no sockets). The redirect tests need real HTTP on loopback and
+live in tests/integration/test_url_guard_redirects.py.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import re
-import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from hypothesis import given
@@ -25,21 +21,13 @@ from kling_pipeline.adapters.url_guard import (
     is_public_address,
     parse_allowlist,
 )
+from tests.fakes import static_dns
 
 PUBLIC_IP = "8.8.8.8"
 
 
-def _resolver(table: dict[str, list[str]]) -> Callable[[str, int], list[str]]:
-    def resolve(host: str, port: int) -> list[str]:
-        if host not in table:
-            raise OSError(f"no such host {host}")
-        return table[host]
-
-    return resolve
-
-
 def _guard(*entries: str, dns: dict[str, list[str]] | None = None) -> UrlGuard:
-    return UrlGuard(entries, resolver=_resolver(dns or {}))
+    return UrlGuard(entries, resolver=static_dns(dns or {}))
 
 
 # -- allow-list entries --------------------------------------------------------------------------------------
@@ -208,135 +196,6 @@ def test_private_loopback_and_link_local_ranges_are_never_public(address: ipaddr
     assert not is_public_address(ipaddress.IPv6Address(f"::ffff:{address}"))
 
 
-# -- redirects (real HTTP on loopback) ------------------------------------------------------------------------
-
-
-class _Server:
-    def __init__(self, routes: dict[str, tuple[int, dict[str, str], bytes]]) -> None:
-        self.requests: list[str] = []
-        server_self = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                server_self.requests.append(self.path)
-                status, headers, body = routes.get(self.path, (404, {}, b"not found"))
-                self.send_response(status)
-                for name, value in headers.items():
-                    self.send_header(name, value)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: object) -> None:
-                pass
-
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._httpd.daemon_threads = True
-
-    @property
-    def port(self) -> int:
-        return int(self._httpd.server_address[1])
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
-
-
-@contextmanager
-def _serving(routes: dict[str, tuple[int, dict[str, str], bytes]] | None = None) -> Iterator[_Server]:
-    server = _Server(routes if routes is not None else {})
-    thread = threading.Thread(target=server._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield server
-    finally:
-        server._httpd.shutdown()
-        server._httpd.server_close()
-
-
-def _redirect(location: str, status: int = 302) -> tuple[int, dict[str, str], bytes]:
-    return status, {"Location": location}, b""
-
-
-def _fetch(http: GuardedHttp, url: str) -> bytes:
-    response = http.open(url)
-    try:
-        return response.read()
-    finally:
-        response.release_conn()
-
-
-def test_a_redirect_to_a_canary_on_another_loopback_port_is_refused_without_contacting_it() -> None:
-    with _serving() as canary, _serving() as origin:
-        origin_routes = {"/image.png": _redirect(canary.url("/steal"))}
-        with _serving(origin_routes) as allowed:
-            http = GuardedHttp(UrlGuard([f"127.0.0.1:{allowed.port}"]))
-            with pytest.raises(
-                UrlNotAllowedError, match=re.escape(f"127.0.0.1:{canary.port} is not in IMAGE_HOST_ALLOWLIST")
-            ):
-                http.open(allowed.url("/image.png"))
-            http.close()
-        assert allowed.requests == ["/image.png"]
-        assert canary.requests == []
-        assert origin.requests == []
-
-
-@pytest.mark.parametrize(
-    "target", ["http://169.254.169.254/latest/meta-data/", "http://10.0.0.5/x.png", "http://localhost/x"]
-)
-def test_a_redirect_to_an_internal_address_is_refused(target: str) -> None:
-    with _serving({"/image.png": _redirect(target, 301)}) as allowed:
-        http = GuardedHttp(UrlGuard([f"127.0.0.1:{allowed.port}"]))
-        with pytest.raises(UrlNotAllowedError):
-            http.open(allowed.url("/image.png"))
-
-
-@pytest.mark.parametrize("hops", [1, 3])
-def test_up_to_three_redirects_within_the_allow_list_are_followed(hops: int) -> None:
-    routes = {f"/hop{i}": _redirect(f"/hop{i + 1}", 307) for i in range(hops)}
-    routes[f"/hop{hops}"] = (200, {"Content-Type": "image/png"}, b"\x89PNG\r\n\x1a\nrest")
-    with _serving(routes) as allowed:
-        http = GuardedHttp(UrlGuard([f"127.0.0.1:{allowed.port}"]))
-        assert _fetch(http, allowed.url("/hop0")) == b"\x89PNG\r\n\x1a\nrest"
-        assert len(allowed.requests) == hops + 1
-
-
-def test_a_fourth_redirect_is_refused() -> None:
-    routes = {f"/hop{i}": _redirect(f"/hop{i + 1}") for i in range(4)}
-    routes["/hop4"] = (200, {}, b"never")
-    with _serving(routes) as allowed:
-        http = GuardedHttp(UrlGuard([f"127.0.0.1:{allowed.port}"]))
-        with pytest.raises(FetchError) as raised:
-            http.open(allowed.url("/hop0"))
-        assert raised.value.code == "too_many_redirects"
-        assert "/hop4" not in allowed.requests
-
-
-def test_an_error_status_is_a_fetch_error_naming_it() -> None:
-    with _serving({}) as allowed:
-        http = GuardedHttp(UrlGuard([f"127.0.0.1:{allowed.port}"]))
-        with pytest.raises(FetchError, match="HTTP 404") as raised:
-            http.open(allowed.url("/missing.png?sig=secret"))
-        assert raised.value.code == "http_error"
-        assert "secret" not in str(raised.value)  # signed query strings stay out of messages
-
-
-def test_the_request_carries_the_url_host_while_connecting_to_the_checked_address() -> None:
-    seen: list[str] = []
-
-    with _serving() as server:
-        original = server._httpd.RequestHandlerClass.do_GET  # type: ignore[attr-defined]
-
-        def recording(handler: BaseHTTPRequestHandler) -> None:
-            seen.append(handler.headers["Host"])
-            original(handler)
-
-        server._httpd.RequestHandlerClass.do_GET = recording  # type: ignore[attr-defined]
-        guard = UrlGuard([f"images.sim.test:{server.port}"], resolver=_resolver({"images.sim.test": ["127.0.0.1"]}))
-        with pytest.raises(FetchError):
-            GuardedHttp(guard).open(f"http://images.sim.test:{server.port}/x.png")
-    assert seen == [f"images.sim.test:{server.port}"]
-
-
 # -- hardening (issue 13) -------------------------------------------------------------------------------------
 
 
@@ -392,7 +251,7 @@ def test_connection_pools_are_bounded_and_the_oldest_closed() -> None:
     """Regression (hardening #13): one pool per resolved address, never evicted, grew without bound."""
     http = GuardedHttp(UrlGuard([".klingai.com"]), max_pools=3)
     destinations = [
-        UrlGuard([".klingai.com"], resolver=lambda host, port, i=i: [f"93.184.216.{i}"]).check(
+        UrlGuard([".klingai.com"], resolver=static_dns({f"cdn{i}.klingai.com": [f"93.184.216.{i}"]})).check(
             f"https://cdn{i}.klingai.com/x.png"
         )
         for i in range(1, 6)

@@ -41,6 +41,7 @@ class JobRecords(Protocol):
         unless_held_at: int | None = None,
     ) -> JobRecord | None:
         """Move the job to `to` if the status order allows it; the new record, or None if it did not move.
+        A move leaves `pending` behind, so the submit hold attributes (lease, retry time) go with it.
 
         `kling_updated_at` makes a Kling report older than the last one applied a no-op; `expected_task_id`
         refuses a report about another task; `unless_held_at` (Unix ms, now) refuses while a submit delivery

@@ -31,6 +31,7 @@ from kling_pipeline.contract.record import (
     LEASE_OWNER,
     LEASE_UNTIL,
     RETRY_AT,
+    SUBMIT_HOLD_ATTRIBUTES,
     JobRecord,
 )
 from kling_pipeline.contract.status import JobStatus
@@ -248,7 +249,8 @@ class DynamoJobRecords:
         sets = {**_checked(changes or {}), "status": to.value}
         if kling_updated_at is not None:
             sets["kling_updated_at"] = kling_updated_at
-        removals = list(_checked(dict.fromkeys(remove)))
+        # Nothing moves back to `pending`, so whatever held it for a submit delivery goes with this move.
+        removals = [*_checked(dict.fromkeys(remove)), *SUBMIT_HOLD_ATTRIBUTES]
         if to.is_final:
             sets[TTL_ATTRIBUTE] = self._expiry()
             if self._on_final is not None:
@@ -337,7 +339,8 @@ class DynamoJobRecords:
         if self._on_final is None:
             return True
         try:
-            self._on_final(record)
+            # The hook sees the job as it is once announced: the outbox flag is the table's bookkeeping.
+            self._on_final(record.model_copy(update={EVENT_PENDING: None}))
         except Exception:
             logger.exception("the job's event could not be published; the reconciler publishes it later")
             return False

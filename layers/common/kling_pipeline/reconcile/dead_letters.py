@@ -30,7 +30,7 @@ from kling_pipeline.contract.errors import InvalidJobError, JobError
 from kling_pipeline.contract.job import parse_job
 from kling_pipeline.contract.json_text import json_object_or_none
 from kling_pipeline.contract.lease import held_until_ms
-from kling_pipeline.contract.record import COPY_ERROR, SUBMIT_HOLD_ATTRIBUTES, JobRecord
+from kling_pipeline.contract.record import COPY_ERROR, JobRecord
 from kling_pipeline.contract.status import JobStatus
 from kling_pipeline.kling.errors import KlingError
 from kling_pipeline.ports import DeadLetter, DeadLetterQueue, JobRecords, KlingTasks
@@ -121,7 +121,7 @@ class DeadLetterSweeper:
             job_id,
             JobStatus.FAILED,
             changes={"error": error.as_dict()},
-            remove=[COPY_ERROR, *SUBMIT_HOLD_ATTRIBUTES],
+            remove=[COPY_ERROR],
             unless_held_at=self._clock(),
         )
         if failed is not None:

@@ -23,7 +23,7 @@ from kling_pipeline.contract.clock import now_millis
 from kling_pipeline.contract.errors import ErrorCode, InvalidJobError, JobError
 from kling_pipeline.contract.job import Job, job_id_in, parse_job
 from kling_pipeline.contract.lease import Lease
-from kling_pipeline.contract.record import SUBMIT_HOLD_ATTRIBUTES, JobRecord
+from kling_pipeline.contract.record import JobRecord
 from kling_pipeline.contract.status import JobStatus
 from kling_pipeline.kling.errors import (
     KlingAmbiguousAnswerError,
@@ -188,7 +188,7 @@ class Submission:
     def _record_task(self, job_id: str, task: KlingTask, kind: OutcomeKind) -> Outcome:
         self._log_context(kling_task_id=task.task_id)
         changes = {"kling_task_id": task.task_id, "kling_status": task.task_status}
-        if self._records.advance(job_id, JobStatus.SUBMITTED, changes=changes, remove=SUBMIT_HOLD_ATTRIBUTES) is None:
+        if self._records.advance(job_id, JobStatus.SUBMITTED, changes=changes) is None:
             logger.info("job %s as Kling task %s, but a callback had already moved it past pending", kind, task.task_id)
         else:
             logger.info("job %s as Kling task %s", kind, task.task_id)
@@ -220,7 +220,7 @@ class Submission:
 
     def _fail(self, job_id: str, error: JobError, kind: OutcomeKind) -> Outcome:
         changes = {"error": error.as_dict()}
-        if self._records.advance(job_id, JobStatus.FAILED, changes=changes, remove=SUBMIT_HOLD_ATTRIBUTES) is None:
+        if self._records.advance(job_id, JobStatus.FAILED, changes=changes) is None:
             logger.warning("job could not be marked failed: it is no longer open")
         return Outcome(kind, job_id, error=error)
 
