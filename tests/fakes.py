@@ -13,7 +13,7 @@ import dataclasses
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Unpack
 
 from kling_pipeline.adapters.dynamodb import RECORD_ATTRIBUTES, from_dynamo, to_dynamo
 from kling_pipeline.adapters.sqs import SQS_BATCH
@@ -37,6 +37,7 @@ from kling_pipeline.ports import (
     DeadLetter,
     ImageCopyError,
     ImageUnavailableError,
+    Move,
     ObjectRef,
     Source,
     StoredObject,
@@ -121,22 +122,15 @@ class MemoryRecords:
             self._announce(stored)
         return True
 
-    def advance(
-        self,
-        job_id: str,
-        to: JobStatus,
-        *,
-        changes: Mapping[str, Any] | None = None,
-        remove: Iterable[str] = (),
-        kling_updated_at: int | None = None,
-        expected_task_id: str | None = None,
-        unless_held_at: int | None = None,
-    ) -> JobRecord | None:
+    def advance(self, job_id: str, to: JobStatus, **move: Unpack[Move]) -> JobRecord | None:
         allowed_from = to.statuses_that_may_advance_to()
         if not allowed_from:  # e.g. `pending`: nothing moves to it
             return None
-        _checked(changes or {})
-        sets: dict[str, Any] = {**(changes or {}), "status": to.value}
+        changes, remove = move.get("changes") or {}, move.get("remove", ())
+        kling_updated_at, expected_task_id = move.get("kling_updated_at"), move.get("expected_task_id")
+        unless_held_at = move.get("unless_held_at")
+        _checked(changes)
+        sets: dict[str, Any] = {**changes, "status": to.value}
         if kling_updated_at is not None:
             sets["kling_updated_at"] = kling_updated_at
         if to.is_final and self._on_final is not None:

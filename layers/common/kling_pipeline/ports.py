@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, TypedDict, Unpack
 
 from kling_pipeline.contract.errors import ErrorCode, JobError, RaisedJobError
 from kling_pipeline.contract.job import S3Location, job_id_in
@@ -20,6 +20,18 @@ from kling_pipeline.kling.task import KlingTask
 Source = Literal["sqs", "s3"]
 
 
+class Move(TypedDict, total=False):
+    """What a JobRecords.advance also writes, and the conditions it also requires."""
+
+    changes: Mapping[str, Any]  # attributes to set (the record's own names)
+    remove: Iterable[str]  # attributes to remove
+    kling_updated_at: int | None  # Kling's ms timestamp: a report older than the last one applied is a no-op
+    expected_task_id: str | None  # refuses a report about another task than the job's
+    # Unix ms (now): refuses while a submit delivery holds the job (contract.lease.held_until_ms), so a
+    # check-then-fail cannot race a delivery creating the job's task.
+    unless_held_at: int | None
+
+
 class JobRecords(Protocol):
     """The jobs table. Every write is conditional: `False` / `None` means its condition did not hold."""
 
@@ -29,25 +41,10 @@ class JobRecords(Protocol):
         """Put a new record unless one with the same job id exists."""
         ...
 
-    def advance(
-        self,
-        job_id: str,
-        to: JobStatus,
-        *,
-        changes: Mapping[str, Any] | None = None,
-        remove: Iterable[str] = (),
-        kling_updated_at: int | None = None,
-        expected_task_id: str | None = None,
-        unless_held_at: int | None = None,
-    ) -> JobRecord | None:
-        """Move the job to `to` if the status order allows it; the new record, or None if it did not move.
-        A move leaves `pending` behind, so the submit hold attributes (lease, retry time) go with it.
-
-        `kling_updated_at` makes a Kling report older than the last one applied a no-op; `expected_task_id`
-        refuses a report about another task; `unless_held_at` (Unix ms, now) refuses while a submit delivery
-        holds the job (contract.lease.held_until_ms), so a check-then-fail cannot race a delivery creating the
-        job's task.
-        """
+    def advance(self, job_id: str, to: JobStatus, **move: Unpack[Move]) -> JobRecord | None:
+        """Move the job to `to` if the status order allows it (and `move`'s conditions hold); the new record, or
+        None if it did not move. A move leaves `pending` behind, so the submit hold attributes (lease, retry
+        time) go with it."""
         ...
 
     def update_open(

@@ -15,7 +15,7 @@ from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from itertools import islice
-from typing import Any
+from typing import Any, Unpack
 
 import boto3
 from aws_lambda_powertools import Logger
@@ -35,6 +35,7 @@ from kling_pipeline.contract.record import (
     JobRecord,
 )
 from kling_pipeline.contract.status import JobStatus
+from kling_pipeline.ports import Move
 
 logger = Logger(child=True)
 
@@ -230,27 +231,20 @@ class DynamoJobRecords:
             self._announce(record)
         return True
 
-    def advance(
-        self,
-        job_id: str,
-        to: JobStatus,
-        *,
-        changes: Mapping[str, Any] | None = None,
-        remove: Iterable[str] = (),
-        kling_updated_at: int | None = None,
-        expected_task_id: str | None = None,
-        unless_held_at: int | None = None,
-    ) -> JobRecord | None:
-        condition = status_condition(to, kling_updated_at=kling_updated_at, expected_task_id=expected_task_id)
+    def advance(self, job_id: str, to: JobStatus, **move: Unpack[Move]) -> JobRecord | None:
+        kling_updated_at, held_at = move.get("kling_updated_at"), move.get("unless_held_at")
+        condition = status_condition(
+            to, kling_updated_at=kling_updated_at, expected_task_id=move.get("expected_task_id")
+        )
         if condition is None:
             return None
-        if unless_held_at is not None:
-            condition = condition & not_held_condition(unless_held_at)
-        sets = {**_checked(changes or {}), "status": to.value}
+        if held_at is not None:
+            condition = condition & not_held_condition(held_at)
+        sets = {**_checked(move.get("changes") or {}), "status": to.value}
         if kling_updated_at is not None:
             sets["kling_updated_at"] = kling_updated_at
         # Nothing moves back to `pending`, so whatever held it for a submit delivery goes with this move.
-        removals = [*_checked(dict.fromkeys(remove)), *SUBMIT_HOLD_ATTRIBUTES]
+        removals = [*_checked(dict.fromkeys(move.get("remove", ()))), *SUBMIT_HOLD_ATTRIBUTES]
         if to.is_final:
             sets[TTL_ATTRIBUTE] = self._expiry()
             if self._on_final is not None:
