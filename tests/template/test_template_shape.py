@@ -348,7 +348,8 @@ def alarms(template: dict[str, Any]) -> list[dict[str, Any]]:
 
 def test_alarms_cover_the_dlqs_the_queue_age_and_each_functions_errors_and_throttles(template: dict[str, Any]) -> None:
     watched = set()
-    for alarm in alarms(template):
+    # The alarms on the functions' own metrics (namespace KlingPipeline) are checked in test_alarms.py.
+    for alarm in (alarm for alarm in alarms(template) if alarm.get("Namespace", "").startswith("AWS/")):
         (dimension,) = alarm["Dimensions"]
         value = dimension["Value"]
         target = value["Ref"] if "Ref" in value else value["Fn::GetAtt"][0]
