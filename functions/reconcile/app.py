@@ -42,7 +42,7 @@ def lambda_handler(event: EventBridgeEvent, context: LambdaContext) -> dict[str,
     budget = context.get_remaining_time_in_millis() / 1000 - wired.options.reconcile_safety_margin_seconds
     logger.append_keys(rule=(event.get("resources") or [None])[0], scheduled_at=event.get("time"))
     report = wired.reconciler.run(deadline=time.monotonic() + max(0.0, budget))
-    _publish(report)
+    publish_metrics(report)
     summary = report.as_dict()
     logger.info("reconcile run finished", extra=summary)
     if report.errors:  # the work that could be done is done; the failed invocation raises the errors alarm
@@ -50,7 +50,8 @@ def lambda_handler(event: EventBridgeEvent, context: LambdaContext) -> dict[str,
     return summary
 
 
-def _publish(report: RunReport) -> None:
+def publish_metrics(report: RunReport) -> None:
+    """One run's counts (template.yaml's alarms watch some of them: ReconcileJobErrors, ReconcileError, ...)."""
     metrics.add_metric(name="OpenJobsExamined", unit=MetricUnit.Count, value=report.examined)
     counts = [("Reconcile", outcome.value, n) for outcome, n in report.jobs.items()]
     counts += [("DeadLetters", outcome.value, n) for outcome, n in report.dead_letters.items()]
@@ -60,3 +61,5 @@ def _publish(report: RunReport) -> None:
         metrics.add_metric(name="ReconcileOutOfTime", unit=MetricUnit.Count, value=1)
     if report.errors:
         metrics.add_metric(name="ReconcileRunErrors", unit=MetricUnit.Count, value=len(report.errors))
+    if report.job_errors:  # swallowed so the other jobs get their turn: this metric is how anyone learns of them
+        metrics.add_metric(name="ReconcileJobErrors", unit=MetricUnit.Count, value=report.job_errors)

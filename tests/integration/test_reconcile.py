@@ -15,6 +15,7 @@ from typing import Any
 
 import boto3
 import pytest
+from botocore.exceptions import ClientError
 
 from devstack.events.lambda_context import LambdaContext
 from devstack.kling_simulator import FAIL_MARKER, KlingSimulator, SimulatorConfig
@@ -37,6 +38,7 @@ from tests.integration.reconcile_harness import (
     subscribe_to_job_events,
 )
 from tests.integration.webhook_harness import CallbackFront, wait_until
+from tests.template.cfn import TEMPLATE, load_yaml
 
 MAX_RECEIVES = 3
 
@@ -675,3 +677,35 @@ def test_a_failing_dead_letter_sweep_still_lets_open_jobs_be_reconciled_then_fai
         world.reconcile()
 
     assert world.record("adopt-anyway").kling_task_id == task.task_id
+
+
+@pytest.mark.parametrize("sim", [{"auto_advance": False}], indirect=True)
+def test_alarm_blind_spots_a_job_whose_reconcile_raises_is_counted_in_the_published_metrics(
+    world: World, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Regression (hardening #3): a job whose reconcile raised became the outcome `error`, the run succeeded, and
+    no metric told it from Kling's passing errors, so nothing alarmed. It is counted as ReconcileJobErrors, the
+    metric ReconcileJobErrorsAlarm watches, and the other jobs are still reconciled."""
+    for job_id in ("refused", "adopted"):
+        world.store.create(_record(job_id, JobStatus.PENDING))
+        world.create_task(job_id)
+    advance = DynamoJobRecords.advance
+
+    def refuse_one(self: DynamoJobRecords, job_id: str, *args: Any, **kwargs: Any) -> JobRecord | None:
+        # What a missing IAM grant looks like to the code: the table refuses the call.
+        if job_id == "refused":
+            raise ClientError({"Error": {"Code": "AccessDeniedException", "Message": "not authorized"}}, "UpdateItem")
+        return advance(self, job_id, *args, **kwargs)
+
+    monkeypatch.setattr(DynamoJobRecords, "advance", refuse_one)
+    capsys.readouterr()
+
+    summary = world.reconcile()
+
+    assert summary["jobs"] == {"advanced": 1, "error": 1}
+    assert summary["job_errors"] == 1
+    [published] = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"_aws"' in line]
+    alarm = load_yaml(TEMPLATE)["Resources"]["ReconcileJobErrorsAlarm"]["Properties"]
+    assert published[alarm["MetricName"]] == [1.0]
+    assert published["ReconcileError"] == [1.0]  # and among the outcomes, for ReconcileErrorOutcomesAlarm
+    assert world.record("adopted").status is JobStatus.SUBMITTED

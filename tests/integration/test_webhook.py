@@ -36,6 +36,7 @@ from tests.integration.webhook_harness import (
     invoke,
     wait_until,
 )
+from tests.template.cfn import TEMPLATE, load_yaml
 
 KLING_WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"kling-signing-key-for-tests-0001").decode()
 
@@ -411,6 +412,26 @@ def test_an_unexpected_failure_answers_500_without_internals(
 
     assert status == 500
     assert body == {"error": {"code": "internal_error", "message": "internal error; the callback may be retried"}}
+
+
+def test_alarm_blind_spots_an_unexpected_failure_is_published_as_the_metric_its_alarm_watches(
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Regression (hardening #3): the webhook answers an unexpected exception with a 500, so Lambda counts no
+    error and the AWS/Lambda Errors alarm stays at 0. The handler publishes CallbackErrors, which
+    CallbackErrorsAlarm watches."""
+    task = pipeline.create_task("job-unreachable-table", n=1)
+    view = pipeline.sim.advance(task.task_id, "processing")
+    monkeypatch.setenv("JOBS_TABLE", "no-such-table")
+    webhook_app.runtime.cache_clear()
+    capsys.readouterr()
+
+    status, _ = invoke(pipeline.callback_event("job-unreachable-table", view))
+
+    assert status == 500
+    [published] = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"_aws"' in line]
+    alarm = load_yaml(TEMPLATE)["Resources"]["CallbackErrorsAlarm"]["Properties"]
+    assert published[alarm["MetricName"]] == [1.0]
 
 
 def _padded(task: dict[str, Any], size: int) -> bytes:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -78,6 +79,43 @@ def walk(node: Any) -> Iterator[Any]:
     elif isinstance(node, list):
         for value in node:
             yield from walk(value)
+
+
+# Run by the tools virtualenv's Python: aws-sam-translator is SAM's own transform (what `sam deploy` has
+# CloudFormation apply). The code locations become S3 URIs, as `sam deploy` makes them after uploading;
+# the managed-policy map is empty, so no IAM call is made (the template names no managed policy by name).
+_TRANSLATE = """
+import json, sys
+from samtranslator.translator.transform import transform
+from samtranslator.yaml_helper import yaml_parse
+
+class NoManagedPolicies:
+    def load(self):
+        return {}
+
+template = yaml_parse(sys.stdin.read())
+for resource in template["Resources"].values():
+    uri = {"AWS::Serverless::Function": "CodeUri", "AWS::Serverless::LayerVersion": "ContentUri"}.get(resource["Type"])
+    if uri:
+        resource["Properties"][uri] = "s3://artifacts/code.zip"
+json.dump(transform(template, {}, NoManagedPolicies()), sys.stdout)
+"""
+
+
+def sam_translate(path: Path = TEMPLATE) -> dict[str, Any]:
+    """The template as CloudFormation after SAM's transform: the roles, event sources and permissions SAM adds."""
+    result = subprocess.run(
+        [str(tool("python")), "-c", _TRANSLATE],
+        input=path.read_text(encoding="utf-8"),
+        env=tool_environment(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    translated: dict[str, Any] = json.loads(result.stdout)
+    return translated
 
 
 def tool(name: str, *, bin_dir: Path = TOOLS_BIN) -> Path:

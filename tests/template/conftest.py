@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tests.template.cfn import SAMCONFIG, TEMPLATE, load_yaml
+from tests.template.cfn import SAMCONFIG, TEMPLATE, load_yaml, sam_translate
 
 
 @pytest.fixture(scope="session")
@@ -19,3 +19,9 @@ def template() -> dict[str, Any]:
 def samconfig() -> dict[str, Any]:
     with SAMCONFIG.open("rb") as stream:
         return tomllib.load(stream)
+
+
+@pytest.fixture(scope="session")
+def translated() -> dict[str, Any]:
+    """template.yaml after SAM's transform, as CloudFormation deploys it."""
+    return sam_translate(TEMPLATE)

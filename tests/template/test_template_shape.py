@@ -43,14 +43,6 @@ ONLY_ON = {
     "JOBS_DLQ_URL": {"ReconcileFunction"},
     "WEBHOOK_SECRET_ARN": {"SubmitFunction", "WebhookFunction"},
 }
-SCOPED_POLICY_TEMPLATES = {
-    "DynamoDBCrudPolicy": "TableName",
-    "SQSSendMessagePolicy": "QueueName",
-    "SQSPollerPolicy": "QueueName",
-    "S3ReadPolicy": "BucketName",
-    "AWSSecretsManagerGetSecretValuePolicy": "SecretArn",
-    "EventBridgePutEventsPolicy": "EventBusName",
-}
 WEBHOOK_BASE_URL = {"Fn::Sub": "https://${WebhookApi}.execute-api.${AWS::Region}.${AWS::URLSuffix}"}
 
 
@@ -61,53 +53,6 @@ def ref(name: str) -> dict[str, str]:
 def resource(template: dict[str, Any], name: str) -> dict[str, Any]:
     properties: dict[str, Any] = template["Resources"][name]["Properties"]
     return properties
-
-
-def policies(template: dict[str, Any], function: str) -> list[Any]:
-    return list(resource(template, function).get("Policies", []))
-
-
-def policy_template_args(template: dict[str, Any], function: str, name: str) -> list[Any]:
-    return [policy[name] for policy in policies(template, function) if isinstance(policy, dict) and name in policy]
-
-
-def inline_statements(template: dict[str, Any], function: str) -> list[dict[str, Any]]:
-    statements: list[dict[str, Any]] = []
-    for policy in policies(template, function):
-        if isinstance(policy, dict) and "Statement" in policy:
-            statements.extend(policy["Statement"])
-    return statements
-
-
-def as_list(value: Any) -> list[Any]:
-    return value if isinstance(value, list) else [value]
-
-
-def wildcard_problems(statement: dict[str, Any]) -> list[str]:
-    """What makes an Allow statement broader than a name: `*` or `service:*` actions, `*` resources."""
-    if statement.get("Effect") != "Allow":
-        return []
-    problems = [
-        f"Action: must name the action (got {action!r})"
-        for action in as_list(statement.get("Action", []))
-        if not isinstance(action, str) or action == "*" or action.endswith(":*")
-    ]
-    problems += [
-        f"Resource: must name the resource (got {res!r})"
-        for res in as_list(statement.get("Resource", []))
-        if _arn_text(res) == "*" or _arn_text(res).split(":")[-1] == "*"
-    ]
-    if "NotAction" in statement or "NotResource" in statement:
-        problems.append("NotAction/NotResource: not allowed in an Allow statement")
-    return problems
-
-
-def _arn_text(resource: Any) -> str:
-    """The text of an ARN, also when built with `!Sub`."""
-    if isinstance(resource, dict) and "Fn::Sub" in resource:
-        sub = resource["Fn::Sub"]
-        return str(sub if isinstance(sub, str) else sub[0])
-    return resource if isinstance(resource, str) else ""
 
 
 def input_bucket_name(template: dict[str, Any]) -> Any:
@@ -189,17 +134,6 @@ def test_submit_reads_the_jobs_queue_with_partial_batch_failures(template: dict[
     # AWS accepts 2..1000 for an SQS event source's maximum concurrency.
     parameter = template["Parameters"]["SubmitMaxConcurrency"]
     assert (parameter["MinValue"], parameter["MaxValue"]) == (2, 1000)
-
-
-def test_submit_may_delay_a_retry_through_the_message_visibility(template: dict[str, Any]) -> None:
-    # The SQS event source's managed policy grants receive/delete only; without this the retry delays of
-    # throttled jobs would silently fall back to the queue's own visibility timeout.
-    grants = [
-        statement
-        for statement in inline_statements(template, "SubmitFunction")
-        if "sqs:ChangeMessageVisibility" in as_list(statement["Action"])
-    ]
-    assert [statement["Resource"] for statement in grants] == [{"Fn::GetAtt": ["JobsQueue", "Arn"]}]
 
 
 def test_jobs_queue_redrives_to_the_dlq_after_a_parameterised_count(template: dict[str, Any]) -> None:
@@ -289,12 +223,16 @@ def test_input_bucket_name_is_computed_so_its_trigger_makes_no_cycle(template: d
     name = input_bucket_name(template)
     assert "Fn::Sub" in name
     assert {"Ref": "InputBucket"} not in list(walk(name))
-    for logical_id in ("IngestFunction", "SubmitFunction"):
+    for logical_id, role in (("IngestFunction", "IngestRole"), ("SubmitFunction", "SubmitRole")):
+        assert resource(template, logical_id)["Role"] == {"Fn::GetAtt": [role, "Arn"]}
         properties = {key: value for key, value in resource(template, logical_id).items() if key != "Events"}
-        assert ref("InputBucket") not in list(walk(properties)), f"{logical_id}: references InputBucket"
-        assert {"Fn::GetAtt": ["InputBucket", "Arn"]} not in list(walk(properties))
+        for name_, part in ((logical_id, properties), (role, resource(template, role))):
+            assert ref("InputBucket") not in list(walk(part)), f"{name_}: references InputBucket"
+            assert {"Fn::GetAtt": ["InputBucket", "Arn"]} not in list(walk(part)), name_
         assert function_environment(template, logical_id)["INPUT_BUCKET"] == name
-        assert {"BucketName": name} in policy_template_args(template, logical_id, "S3ReadPolicy")
+        # The role names the bucket with the same computed name (its ARN is that name in a Sub).
+        arns = [node for node in walk(resource(template, role)) if isinstance(node, dict) and "Fn::Sub" in node]
+        assert any("kling-input-" in str(arn["Fn::Sub"][0]) for arn in arns if isinstance(arn["Fn::Sub"], list)), role
 
 
 def test_ingest_is_triggered_by_uploads_only(template: dict[str, Any]) -> None:
@@ -401,70 +339,6 @@ def test_secrets_kling_key_from_a_noecho_parameter_and_a_generated_webhook_secre
     assert "SecretString" not in resource(template, "WebhookSecret")
 
 
-# ---------------------------------------------------------------- IAM
-
-
-@pytest.mark.parametrize(
-    ("statement", "problems"),
-    [
-        ({"Effect": "Allow", "Action": "s3:PutObject", "Resource": "arn:aws:s3:::b/*"}, 0),
-        ({"Effect": "Allow", "Action": ["s3:*"], "Resource": "arn:aws:s3:::b/*"}, 1),
-        ({"Effect": "Allow", "Action": "*", "Resource": "*"}, 2),
-        ({"Effect": "Allow", "Action": "sqs:SendMessage", "Resource": "arn:aws:sqs:us-east-1:1:*"}, 1),
-        ({"Effect": "Allow", "Action": "sqs:SendMessage", "Resource": {"Fn::Sub": "arn:${AWS::Partition}:sqs:*"}}, 1),
-        ({"Effect": "Deny", "Action": "s3:*", "Resource": "*"}, 0),
-    ],
-)
-def test_wildcard_check_tells_scoped_from_broad(statement: dict[str, Any], problems: int) -> None:
-    assert len(wildcard_problems(statement)) == problems
-
-
-@pytest.mark.parametrize("logical_id", FUNCTIONS.values())
-def test_function_policies_name_their_resources(template: dict[str, Any], logical_id: str) -> None:
-    for policy in policies(template, logical_id):
-        assert isinstance(policy, dict), f"{logical_id}: managed policy {policy!r}; use a scoped policy template"
-        (name,) = policy.keys()
-        if name == "Statement":
-            continue
-        assert name in SCOPED_POLICY_TEMPLATES, f"{logical_id}: {name} is not a scoped policy template"
-        argument = policy[name][SCOPED_POLICY_TEMPLATES[name]]
-        assert argument != "*" and "*" not in str(argument), f"{logical_id}: {name} on {argument!r}"
-    for statement in inline_statements(template, logical_id):
-        assert not wildcard_problems(statement), f"{logical_id}: {wildcard_problems(statement)}"
-
-
-def test_no_iam_resource_grants_wildcards(template: dict[str, Any]) -> None:
-    for kind in ("AWS::IAM::Policy", "AWS::IAM::Role", "AWS::IAM::ManagedPolicy"):
-        for name, definition in resources_of_type(template, kind).items():
-            for node in walk(definition):
-                if isinstance(node, dict) and "Effect" in node:
-                    assert not wildcard_problems(node), name
-
-
-@pytest.mark.parametrize("logical_id", FUNCTIONS.values())
-def test_each_variable_comes_with_the_permission_to_use_it(template: dict[str, Any], logical_id: str) -> None:
-    env = function_environment(template, logical_id)
-    grants = {
-        "JOBS_TABLE": ("DynamoDBCrudPolicy", {"TableName": ref("JobsTable")}),
-        "EVENT_BUS_NAME": ("EventBridgePutEventsPolicy", {"EventBusName": ref("EventBusName")}),
-        "JOBS_QUEUE_URL": ("SQSSendMessagePolicy", {"QueueName": {"Fn::GetAtt": ["JobsQueue", "QueueName"]}}),
-        "JOBS_DLQ_URL": ("SQSPollerPolicy", {"QueueName": {"Fn::GetAtt": ["JobsDlq", "QueueName"]}}),
-        "KLING_API_KEY_SECRET_ARN": ("AWSSecretsManagerGetSecretValuePolicy", {"SecretArn": ref("KlingApiKeySecret")}),
-        "WEBHOOK_SECRET_ARN": ("AWSSecretsManagerGetSecretValuePolicy", {"SecretArn": ref("WebhookSecret")}),
-        "INPUT_BUCKET": ("S3ReadPolicy", {"BucketName": input_bucket_name(template)}),
-    }
-    for variable, (policy, argument) in grants.items():
-        if variable in env:
-            assert argument in policy_template_args(template, logical_id, policy), f"{logical_id}: {variable}"
-    if "IMAGES_BUCKET" in env and logical_id != "IngestFunction":
-        writes = [
-            statement
-            for statement in inline_statements(template, logical_id)
-            if "s3:PutObject" in as_list(statement["Action"])
-        ]
-        assert [s["Resource"] for s in writes] == [{"Fn::Sub": "arn:${AWS::Partition}:s3:::${ImagesBucket}/*"}]
-
-
 # ---------------------------------------------------------------- alarms and outputs
 
 
@@ -474,7 +348,8 @@ def alarms(template: dict[str, Any]) -> list[dict[str, Any]]:
 
 def test_alarms_cover_the_dlqs_the_queue_age_and_each_functions_errors_and_throttles(template: dict[str, Any]) -> None:
     watched = set()
-    for alarm in alarms(template):
+    # The alarms on the functions' own metrics (namespace KlingPipeline) are checked in test_alarms.py.
+    for alarm in (alarm for alarm in alarms(template) if alarm.get("Namespace", "").startswith("AWS/")):
         (dimension,) = alarm["Dimensions"]
         value = dimension["Value"]
         target = value["Ref"] if "Ref" in value else value["Fn::GetAtt"][0]

@@ -66,6 +66,7 @@ class JobReport:
     job_id: str
     outcome: JobOutcome
     detail: str | None = None
+    raised: bool = False  # the outcome is ERROR because reconciling the job raised, not because of Kling
 
 
 @dataclass
@@ -78,6 +79,9 @@ class RunReport:
     out_of_time: bool = False
     elapsed_seconds: float = 0.0
     errors: list[str] = field(default_factory=list)  # failures of the run itself (not of one job)
+    # Jobs whose reconcile raised (a bug, an AWS call refused): counted in jobs[ERROR] too, but published on
+    # their own, because the run goes on and succeeds, and Kling's passing errors must not hide them.
+    job_errors: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -87,6 +91,7 @@ class RunReport:
             "out_of_time": self.out_of_time,
             "elapsed_seconds": round(self.elapsed_seconds, 3),
             "errors": list(self.errors),
+            "job_errors": self.job_errors,
         }
 
 
@@ -216,6 +221,7 @@ class Reconciler:
         report.examined = len(jobs)
         for job_report in self._executor.map(lambda job: self._reconcile(job, deadline), jobs):
             report.jobs[job_report.outcome] += 1
+            report.job_errors += job_report.raised
         report.out_of_time = report.jobs[JobOutcome.DEFERRED] > 0 or time.monotonic() >= deadline
         report.elapsed_seconds = time.monotonic() - started
         return report
@@ -232,7 +238,7 @@ class Reconciler:
         except Exception:
             # One job's surprise (a DynamoDB error, a bug) must not stop the others; it is retried next run.
             logger.exception("reconciling the job failed unexpectedly")
-            job_report = JobReport(job.job_id, JobOutcome.ERROR, "unexpected error (see the log)")
+            job_report = JobReport(job.job_id, JobOutcome.ERROR, "unexpected error (see the log)", raised=True)
         if job_report.outcome is not JobOutcome.WAITING or job_report.detail:
             logger.info("job reconciled", extra={"outcome": job_report.outcome.value, "detail": job_report.detail})
         logger.thread_safe_remove_keys(["job_id", "status"])
