@@ -81,7 +81,7 @@ EXPECTED: dict[str, Grants] = {
         *lambda_runtime("WebhookLogGroup"),
     ),
     "IngestFunction": grants(
-        (TABLE, "dynamodb:PutItem"),
+        (TABLE, "dynamodb:PutItem", "dynamodb:UpdateItem"),
         (BUS, "events:PutEvents"),
         (INPUT_OBJECTS, "s3:GetObject", "s3:GetObjectTagging", "s3:PutObjectTagging"),
         (INPUT_BUCKET, "s3:ListBucket"),
