@@ -10,6 +10,7 @@ calls made to them. tests/unit/test_fakes.py checks each against its Protocol an
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
@@ -486,7 +487,10 @@ class MemoryBucket:
 
     def head(self, ref: ObjectRef) -> StoredObject | None:
         found = self.objects.get(ref.key)
-        return StoredObject(len(found[0]), found[1]) if found else None
+        if found is None:
+            return None
+        # S3's ETag of a single-part object is the MD5 of its bytes; this bucket keeps no versions.
+        return StoredObject(len(found[0]), found[1], etag=hashlib.md5(found[0]).hexdigest())
 
     def read(self, ref: ObjectRef, *, max_bytes: int) -> bytes | None:
         self.reads.append(ref.key)

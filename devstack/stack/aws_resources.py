@@ -44,6 +44,7 @@ def create_resources(
     *,
     visibility_timeout: int = 30,
     max_receive_count: int = DEFAULT_MAX_RECEIVE_COUNT,
+    versioned_input: bool = False,
 ) -> AwsResources:
     """Create the table, queues and buckets; the AWS endpoint comes from boto3's standard configuration."""
     table = f"{prefix}-jobs"
@@ -63,6 +64,8 @@ def create_resources(
     images_bucket = f"{prefix}-images"
     for bucket in (input_bucket, images_bucket):
         s3.create_bucket(Bucket=bucket)
+    if versioned_input:  # as template.yaml: a job names the upload version ingest checked
+        s3.put_bucket_versioning(Bucket=input_bucket, VersioningConfiguration={"Status": "Enabled"})
     return AwsResources(table, queue_url, dlq_url, input_bucket, images_bucket)
 
 

@@ -122,7 +122,10 @@ class LocalStack:
         # boto3 everywhere in this process (handlers included) then reaches moto, with dummy credentials.
         self._moto.apply_environment(os.environ)
         resources = create_resources(
-            config.prefix, visibility_timeout=config.visibility_timeout, max_receive_count=config.max_receive_count
+            config.prefix,
+            visibility_timeout=config.visibility_timeout,
+            max_receive_count=config.max_receive_count,
+            versioned_input=True,
         )
         event_bus = f"{config.prefix}-events"
         boto3.client("events").create_event_bus(Name=event_bus)

@@ -45,6 +45,9 @@ class Harness:
         self.s3.put_object(Bucket=self.aws.input_bucket, Key=key, Body=body, Metadata=metadata or {}, **extra)
         return key
 
+    def etag(self, key: str) -> str:
+        return str(self.s3.head_object(Bucket=self.aws.input_bucket, Key=key)["ETag"]).strip('"')
+
     def put_image(self, key: str, body: bytes, **metadata: str) -> str:
         return self.put(key, body, {"prompt": PROMPT, **metadata})
 
@@ -117,7 +120,8 @@ def assert_queued(harness: Harness, result: dict[str, Any], key: str) -> dict[st
     [message] = harness.queued()
     job: dict[str, Any] = json.loads(message["Body"])
     assert job["job_id"] == result["job_id"]
-    assert job["image_s3"] == {"bucket": harness.aws.input_bucket, "key": key}
+    # The object as it was checked (hardening #16): its ETag here, its version in a versioned bucket.
+    assert job["image_s3"] == {"bucket": harness.aws.input_bucket, "key": key, "etag": harness.etag(key)}
     assert "image" not in job
     assert message["MessageAttributes"]["source"] == {"StringValue": "s3", "DataType": "String"}
     assert harness.tags(key) == {"kling-pipeline-status": "queued", "kling-pipeline-job-id": job["job_id"]}
@@ -369,7 +373,7 @@ def test_a_manifest_with_a_2500_character_prompt_is_queued(harness: Harness) -> 
     [message] = harness.queued()
     job = json.loads(message["Body"])
     assert job["prompt"] == prompt
-    assert job["image_s3"] == {"bucket": harness.aws.input_bucket, "key": image}
+    assert job["image_s3"] == {"bucket": harness.aws.input_bucket, "key": image, "etag": harness.etag(image)}
     assert harness.tags(manifest)["kling-pipeline-status"] == "queued"
     assert harness.tags(image) == {"kling-pipeline-status": "queued", "kling-pipeline-job-id": result["job_id"]}
 
@@ -565,6 +569,43 @@ def test_an_upload_delivered_twice_becomes_one_kling_task(
     assert unquote(urlsplit(image_url).path).endswith(f"{harness.aws.input_bucket}/{key}")
     assert "X-Amz-Signature=" in image_url
     assert requests.get(image_url, timeout=5).content == png_bytes(400, 400)  # the presigned URL serves the upload
+
+
+def test_kling_receives_the_version_of_an_upload_that_was_validated(
+    harness: Harness, kling_sim: KlingSimulator, submit_env: None
+) -> None:
+    """Regression (hardening #16): ingest validated one version of an upload and submit presigned the key, so an
+    overwrite in between sent Kling bytes nobody checked. The job now names the version it validated."""
+    bucket = harness.aws.input_bucket
+    harness.s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+    key = harness.put_image("uploads/pinned.png", png_bytes(400, 400))
+    [queued] = harness.invoke(object_created_event(bucket, key, s3=harness.s3))["uploads"]
+    harness.put_image(key, png_bytes(320, 320))  # overwritten after ingest checked it, before submit ran
+
+    run_submit_on_everything_queued(harness)
+
+    assert harness.record(queued["job_id"]).status is JobStatus.SUBMITTED
+    [create] = [r.body for r in kling_sim.requests("POST") if r.is_create]
+    assert isinstance(create, dict)
+    assert "versionId=" in create["image"]
+    assert requests.get(create["image"], timeout=5).content == png_bytes(400, 400)  # what was validated
+
+
+def test_an_upload_replaced_after_it_was_checked_in_an_unversioned_bucket_is_not_sent(
+    harness: Harness, kling_sim: KlingSimulator, submit_env: None
+) -> None:
+    """Regression (hardening #16): without versions, the ETag ingest saw guards the presigned URL."""
+    key = harness.put_image("uploads/swapped.png", png_bytes(400, 400))
+    [queued] = harness.invoke(object_created_event(harness.aws.input_bucket, key, s3=harness.s3))["uploads"]
+    harness.put_image(key, png_bytes(320, 320))
+
+    run_submit_on_everything_queued(harness)
+
+    record = harness.record(queued["job_id"])
+    assert record.status is JobStatus.FAILED
+    assert record.error is not None and record.error.code == "image_not_found"
+    assert "was replaced after it was checked" in record.error.message
+    assert kling_sim.creates_for(queued["job_id"]) == 0
 
 
 def test_a_manifest_notified_through_sqs_becomes_a_kling_task(

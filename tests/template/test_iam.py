@@ -63,7 +63,7 @@ EXPECTED: dict[str, Grants] = {
     "SubmitFunction": grants(
         (TABLE, "dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem"),
         (BUS, "events:PutEvents"),
-        (INPUT_OBJECTS, "s3:GetObject"),
+        (INPUT_OBJECTS, "s3:GetObject", "s3:GetObjectVersion"),
         (INPUT_BUCKET, "s3:ListBucket"),
         (KLING_KEY, "secretsmanager:GetSecretValue"),
         (WEBHOOK_KEY, "secretsmanager:GetSecretValue"),
@@ -83,7 +83,15 @@ EXPECTED: dict[str, Grants] = {
     "IngestFunction": grants(
         (TABLE, "dynamodb:PutItem", "dynamodb:UpdateItem"),
         (BUS, "events:PutEvents"),
-        (INPUT_OBJECTS, "s3:GetObject", "s3:GetObjectTagging", "s3:PutObjectTagging"),
+        (
+            INPUT_OBJECTS,
+            "s3:GetObject",
+            "s3:GetObjectVersion",
+            "s3:GetObjectTagging",
+            "s3:GetObjectVersionTagging",
+            "s3:PutObjectTagging",
+            "s3:PutObjectVersionTagging",
+        ),
         (INPUT_BUCKET, "s3:ListBucket"),
         (JOBS_QUEUE, "sqs:SendMessage"),
         (INGEST_DLQ, "sqs:SendMessage"),

@@ -6,6 +6,7 @@ from devstack.imagegen import png_bytes
 from kling_pipeline.ingest.events import UploadedObject
 from kling_pipeline.ingest.ingestor import Ingestor
 from kling_pipeline.ingest.rules import MAX_MANIFEST_BYTES, UploadStatus
+from kling_pipeline.ports import ObjectRef
 from tests.fakes import MemoryBucket, MemoryQueue, MemoryRecords
 
 BUCKET = "kp-input"
@@ -23,7 +24,11 @@ def test_without_a_size_in_the_event_the_stored_size_decides() -> None:
     assert result.status is UploadStatus.QUEUED
     [(job, source)] = queue.jobs
     assert source == "s3"
-    assert job["image_s3"] == {"bucket": BUCKET, "key": "uploads/a.png"}
+    assert job["image_s3"] == {
+        "bucket": BUCKET,
+        "key": "uploads/a.png",
+        "etag": bucket.head(ObjectRef(BUCKET, "uploads/a.png")).etag,
+    }
 
 
 def test_a_manifest_larger_than_its_event_said_is_rejected_after_a_bounded_read() -> None:

@@ -170,11 +170,27 @@ class ObjectRef:
     def uri(self) -> str:
         return f"s3://{self.bucket}/{self.key}"
 
+    def pinned(self, stored: StoredObject) -> ObjectRef:
+        """This object as the version `stored` describes: what was read is what is named from now on."""
+        version = stored.version_id if stored.version_id not in (None, "null") else self.version_id
+        return ObjectRef(self.bucket, self.key, version, stored.etag or self.etag)
+
+    def location(self) -> dict[str, str]:
+        """The job's `image_s3` for this object version (the contract's S3Location fields)."""
+        location = {"bucket": self.bucket, "key": self.key}
+        if self.version_id and self.version_id != "null":
+            location["version_id"] = self.version_id
+        elif self.etag:
+            location["etag"] = self.etag
+        return location
+
 
 @dataclass(frozen=True)
 class StoredObject:
     size: int
     metadata: Mapping[str, str]
+    version_id: str | None = None  # None when the bucket is not versioned
+    etag: str | None = None
 
 
 class UploadBucket(Protocol):

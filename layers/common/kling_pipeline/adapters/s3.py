@@ -36,7 +36,12 @@ class S3UploadBucket:
             if _is_gone(exc):
                 return None
             raise
-        return StoredObject(size=int(response["ContentLength"]), metadata=dict(response.get("Metadata") or {}))
+        return StoredObject(
+            size=int(response["ContentLength"]),
+            metadata=dict(response.get("Metadata") or {}),
+            version_id=response.get("VersionId"),
+            etag=str(response.get("ETag", "")).strip('"') or None,
+        )
 
     def read(self, ref: ObjectRef, *, max_bytes: int) -> bytes | None:
         """At most `max_bytes` + 1 bytes, so a caller can tell an object that grew past its limit."""
@@ -99,10 +104,17 @@ class S3ImageUrls:
         self._expires_in = expires_in
 
     def url_for(self, location: S3Location) -> str:
+        """A URL for exactly the object version the job names: its `version_id`, or the object as long as it
+        still has the job's `etag` (an unversioned bucket: the ETag is checked here, the URL cannot pin it)."""
         where = f"s3://{location.bucket}/{location.key}"
+        which: dict[str, str] = {"VersionId": location.version_id} if location.version_id else {}
+        guard = {"IfMatch": f'"{location.etag}"'} if location.etag and not which else {}
         try:
-            head = self._s3.head_object(Bucket=location.bucket, Key=location.key)
+            head = self._s3.head_object(Bucket=location.bucket, Key=location.key, **which, **guard)
         except ClientError as exc:
+            if error_code(exc) in ("412", "PreconditionFailed") or http_status(exc) == 412:
+                message = f"image_s3: {where} was replaced after it was checked (it no longer has ETag {location.etag})"
+                raise ImageUnavailableError(JobError(code=ErrorCode.IMAGE_NOT_FOUND, message=message)) from exc
             if error_code(exc) in _NOT_FOUND or http_status(exc) == 404:
                 missing = JobError(code=ErrorCode.IMAGE_NOT_FOUND, message=f"image_s3: {where} does not exist")
                 raise ImageUnavailableError(missing) from exc
@@ -116,6 +128,6 @@ class S3ImageUrls:
             too_big = JobError(code=ErrorCode.INVALID_JOB, message=f"image_s3: {exc} ({where})")
             raise ImageUnavailableError(too_big) from exc
         url: str = self._s3.generate_presigned_url(
-            "get_object", Params={"Bucket": location.bucket, "Key": location.key}, ExpiresIn=self._expires_in
+            "get_object", Params={"Bucket": location.bucket, "Key": location.key, **which}, ExpiresIn=self._expires_in
         )
         return url

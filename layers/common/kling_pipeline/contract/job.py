@@ -169,6 +169,10 @@ class S3Location(_Strict):
         _matching(_BUCKET, "must be an S3 bucket name (lower-case letters, digits, '.' and '-')"),
     ]
     key: Annotated[str, Field(min_length=1, max_length=1024)]
+    # Which bytes: the version (versioned buckets), else the ETag, of the object that was checked. The upload
+    # trigger sets them, so Kling receives the image it validated even if the key is written again meanwhile.
+    version_id: Annotated[str, Field(min_length=1, max_length=1024)] | None = None
+    etag: Annotated[str, Field(min_length=1, max_length=256)] | None = None
 
 
 class Element(_Strict):

@@ -100,12 +100,13 @@ class Ingestor:
         stored = self._bucket.head(ref)
         if stored is None:
             return IngestResult(upload.uri, UploadStatus.IGNORED, reason=GONE)
+        ref = ref.pinned(stored)
         given = job_fields_from_metadata(stored.metadata)
         if not given.names_a_job:
             # keep_existing: a manifest processed first may already have tagged this image `queued`.
             self._bucket.add_tags(ref, {STATUS_TAG: UploadStatus.AWAITING_MANIFEST.value}, keep_existing=True)
             return IngestResult(upload.uri, UploadStatus.AWAITING_MANIFEST)
-        fields: dict[str, Any] = {**given.fields, "image_s3": {"bucket": ref.bucket, "key": ref.key}}
+        fields: dict[str, Any] = {**given.fields, "image_s3": ref.location()}
         if given.metadata:
             fields["metadata"] = given.metadata
         record_id = _assign_job_id(fields, upload)
@@ -137,6 +138,8 @@ class Ingestor:
             if stored is None:
                 problems.append(f"image_s3: {image.uri} does not exist (upload the image before the manifest)")
             else:
+                image = image.pinned(stored)  # Kling gets the version checked here, whatever comes later
+                fields["image_s3"] = {**fields["image_s3"], **image.location()}
                 targets.append(image)
                 problems.extend(self._image_problems(image, stored.size))
         return self._finish(upload.uri, record_id, fields, problems, targets)
@@ -154,7 +157,8 @@ class Ingestor:
             return None, [f"image_s3.bucket: must be the input bucket {self._input_bucket} (got {bucket!r})"]
         if not isinstance(key, str) or not key:
             return None, []
-        return ObjectRef(bucket, key), []
+        version = location.get("version_id")
+        return ObjectRef(bucket, key, version if isinstance(version, str) else None), []
 
     def _image_problems(self, ref: ObjectRef, size: int) -> list[str]:
         """Kling's image rules; an object over the size limit is refused without being downloaded."""
