@@ -84,7 +84,7 @@ def run_demo(out: Path, timeout: float, console: Console) -> bool:
         )
         jobs = Jobs(local_target(state_path))
         tag = secrets.token_hex(3)
-        text_job = jobs.submit({"job_id": f"t2i-{tag}", "prompt": TEXT_PROMPT, "n": 4, "aspect_ratio": "1:1"})
+        text_job = jobs.submit({"job_id": f"t2i-{tag}", "prompt": TEXT_PROMPT, "n": 4, "aspect_ratio": "1:1"}).job_id
         console.print(f"text-to-image: queued [bold]{text_job}[/] on the jobs queue (n=4)")
         image_job = f"i2i-{tag}"
         upload_job = {

@@ -15,7 +15,9 @@ from typing import Any
 
 from devstack.stack.target import Target
 from kling_pipeline.adapters.dynamodb import DynamoJobRecords, from_dynamo
+from kling_pipeline.contract.job import job_id_in
 from kling_pipeline.contract.record import JobRecord
+from kling_pipeline.ingest.events import UploadedObject
 
 UPLOADS_PREFIX = "uploads/"
 MAX_METADATA_BYTES = 2048  # S3's limit on user-defined metadata
@@ -24,9 +26,21 @@ _SAFE_NAME = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
 @dataclass(frozen=True)
+class Queued:
+    job_id: str  # where the job's record will be
+    message_id: str
+
+
+@dataclass(frozen=True)
 class Upload:
     bucket: str
     key: str
+    version_id: str | None = None
+
+    @property
+    def derived_job_id(self) -> str:
+        """The id ingest gives an upload whose job names no usable job id (the local stack's bucket is versioned)."""
+        return UploadedObject(self.bucket, self.key, version_id=self.version_id).derived_job_id()
 
 
 def object_metadata(job: Mapping[str, Any]) -> dict[str, str]:
@@ -76,16 +90,17 @@ class Jobs:
     def _store(self) -> DynamoJobRecords:
         return DynamoJobRecords(self.target.table, self.target.client("dynamodb"))
 
-    def submit(self, job: Mapping[str, Any]) -> str:
-        """Enqueue a job; its id is `job_id` when given, else the SQS message id (as the pipeline defaults)."""
-        sent = self._sqs.send_message(QueueUrl=self.target.queue_url, MessageBody=json.dumps(job))
-        return str(job.get("job_id") or sent["MessageId"])
+    def submit(self, job: Mapping[str, Any]) -> Queued:
+        """Enqueue a job. Its record is under the id submit gives it: the job's own `job_id` when that is usable,
+        else the SQS message id (also where a refusal of a job with an unusable id is recorded)."""
+        body = json.dumps(job)
+        message_id = str(self._sqs.send_message(QueueUrl=self.target.queue_url, MessageBody=body)["MessageId"])
+        return Queued(job_id=job_id_in(body) or message_id, message_id=message_id)
 
     def upload(self, image: Path, metadata: Mapping[str, str]) -> Upload:
         """Put an image under `uploads/` with the job's fields as `x-amz-meta-*` metadata."""
         key = self._upload_key(image, image.suffix.lower())
-        self._put(key, image.read_bytes(), metadata)
-        return Upload(self.target.input_bucket, key)
+        return Upload(self.target.input_bucket, key, self._put(key, image.read_bytes(), metadata))
 
     def upload_with_manifest(self, image: Path, job: Mapping[str, Any]) -> Upload:
         """Put the image (no metadata: it waits), then `uploads/<name>.json`, a whole job naming it."""
@@ -93,21 +108,24 @@ class Jobs:
         self._put(image_key, image.read_bytes(), {})
         manifest_key = image_key.rsplit(".", 1)[0] + ".json"
         manifest = {**job, "image_s3": {"bucket": self.target.input_bucket, "key": image_key}}
-        self._put(manifest_key, json.dumps(manifest, ensure_ascii=False).encode(), {}, "application/json")
-        return Upload(self.target.input_bucket, manifest_key)
+        version = self._put(manifest_key, json.dumps(manifest, ensure_ascii=False).encode(), {}, "application/json")
+        return Upload(self.target.input_bucket, manifest_key, version)
 
     def _upload_key(self, image: Path, suffix: str) -> str:
         stem = _SAFE_NAME.sub("-", image.stem).strip("-") or "upload"
         return f"{UPLOADS_PREFIX}{stem}-{secrets.token_hex(4)}{suffix}"
 
-    def _put(self, key: str, body: bytes, metadata: Mapping[str, str], content_type: str | None = None) -> None:
-        self._s3.put_object(
+    def _put(self, key: str, body: bytes, metadata: Mapping[str, str], content_type: str | None = None) -> str | None:
+        """Put the object; its version id (None when the bucket keeps no versions)."""
+        response = self._s3.put_object(
             Bucket=self.target.input_bucket,
             Key=key,
             Body=body,
             ContentType=content_type or mimetypes.guess_type(key)[0] or "application/octet-stream",
             Metadata=dict(metadata),
         )
+        version = response.get("VersionId")
+        return str(version) if version and version != "null" else None
 
     def get(self, job_id: str) -> JobRecord | None:
         return self._store.get(job_id)

@@ -23,6 +23,8 @@ from devstack.cli.views import jobs_table, record_details
 from devstack.stack.commands import stack_group
 from devstack.stack.state import STATE_ENV, StateError, default_state_path
 from devstack.stack.target import Target, TargetError, deployed_target, local_target
+from kling_pipeline.contract.errors import InvalidJobError
+from kling_pipeline.contract.job import is_valid_job_id, parse_job
 from kling_pipeline.contract.record import JobRecord
 from kling_pipeline.contract.status import JobStatus
 
@@ -95,6 +97,7 @@ class JobOptions:
     meta: tuple[str, ...]
     wait: bool
     timeout: float
+    check: bool  # refuse a job the pipeline would refuse, before sending it
 
     @classmethod
     def take(cls, params: dict[str, Any]) -> JobOptions:
@@ -107,7 +110,8 @@ class JobOptions:
         element_ids = params.pop("element_ids")
         if element_ids:
             fields["element_list"] = [{"element_id": element_id} for element_id in element_ids]
-        return cls(fields, params.pop("job_id"), params.pop("meta"), params.pop("wait"), params.pop("timeout"))
+        shared = ("job_id", "meta", "wait", "timeout", "check")
+        return cls(fields, *(params.pop(name) for name in shared))
 
     def metadata(self) -> dict[str, str]:
         return _parse_meta(self.meta)
@@ -132,6 +136,13 @@ def job_options(*own: Callable[[Any], Any]) -> Callable[[Any], Any]:
         click.option("--meta", "meta", multiple=True, metavar="KEY=VALUE", help="Metadata kept on the job record."),
         click.option("--wait", is_flag=True, help="Show live progress until the job is final."),
         click.option("--timeout", type=float, default=120.0, show_default=True, help="Seconds --wait waits."),
+        click.option(
+            "--check/--no-check",
+            default=True,
+            show_default=True,
+            help="Check the job with the pipeline's own job model before sending it (--no-check: send it anyway "
+            "and let the pipeline record why it refuses it).",
+        ),
         *own,
         click.option("--element-id", "element_ids", type=int, multiple=True, help="Kling element id (repeatable)."),
     ]
@@ -165,9 +176,14 @@ def submit(app: Cli, /, options: JobOptions, image: str | None, image_s3: str | 
         job["job_id"] = options.job_id
     if options.meta:
         job["metadata"] = options.metadata()
+    _check(options, job)
     queued = app.jobs.submit(job)
-    app.console.print(f"queued job [bold]{queued}[/] on {app.jobs.target.description}")
-    _follow(app, options, queued)
+    app.console.print(f"queued job [bold]{queued.job_id}[/] on {app.jobs.target.description}")
+    if "job_id" in job and queued.job_id != job["job_id"]:
+        app.console.print(
+            f"job id {job['job_id']!r} is not usable: the pipeline records its refusal under the message id"
+        )
+    _follow(app, options, queued.job_id)
 
 
 @cli.command()
@@ -181,12 +197,14 @@ def upload(app: Cli, /, options: JobOptions, image: Path, manifest: bool) -> Non
     """Image-to-image through the S3 trigger: put IMAGE under uploads/ with the job as x-amz-meta-* metadata."""
     job = {**options.fields, "job_id": options.job_id or _upload_job_id(image)}
     metadata = options.metadata()
+    _check(options, {**job, "image_s3": {"bucket": app.jobs.target.input_bucket, "key": f"uploads/{image.name}"}})
     if manifest or not upload_metadata_fits(job, metadata):
         uploaded = app.jobs.upload_with_manifest(image, {**job, **({"metadata": metadata} if metadata else {})})
     else:
         uploaded = app.jobs.upload(image, {**metadata, **object_metadata(job)})
-    app.console.print(f"uploaded s3://{uploaded.bucket}/{uploaded.key} as job [bold]{job['job_id']}[/]")
-    _follow(app, options, job["job_id"])
+    job_id = job["job_id"] if is_valid_job_id(job["job_id"]) else uploaded.derived_job_id
+    app.console.print(f"uploaded s3://{uploaded.bucket}/{uploaded.key} as job [bold]{job_id}[/]")
+    _follow(app, options, job_id)
 
 
 @cli.command()
@@ -249,9 +267,22 @@ def main() -> None:
 # -- helpers -----------------------------------------------------------------------------------------------
 
 
+def _check(options: JobOptions, job: dict[str, Any]) -> None:
+    """Refuse, before anything is sent, a job the pipeline would refuse: same job model, same words."""
+    if not options.check:
+        return
+    try:
+        parse_job(job, default_job_id="checked-by-klingctl")
+    except InvalidJobError as problem:
+        raise click.ClickException(
+            f"the pipeline would refuse this job: {problem} (nothing was sent; --no-check sends it anyway)"
+        ) from None
+
+
 def _follow(app: Cli, options: JobOptions, job_id: str) -> None:
     """With --wait: show the job's progress until it is final, then exit with its outcome."""
     if options.wait:
+        app.console.print(f"waiting up to {options.timeout:.0f} s for job [bold]{job_id}[/] to be final")
         _wait_and_exit(app, [job_id], options.timeout)
 
 
@@ -261,10 +292,13 @@ def _wait_and_exit(app: Cli, job_ids: list[str], timeout: float) -> None:
         record = final.get(job_id)
         if record is not None:
             app.console.print(record_details(record, app.jobs.target.images_bucket), soft_wrap=True)
-    records = list(final.values())
-    if any(record is None or not record.status.is_final for record in records):
-        app.console.print(f"[yellow]not final after {timeout:.0f}s[/]")
+    waiting = {job_id: record for job_id, record in final.items() if record is None or not record.status.is_final}
+    if waiting:
+        for job_id, record in waiting.items():
+            where = f"still {record.status.value}" if record else "not recorded by the pipeline yet"
+            app.console.print(f"[yellow]not final after {timeout:.0f}s: job {job_id} is {where}[/]")
         sys.exit(EXIT_TIMEOUT)
+    records = list(final.values())
     if any(record is not None and record.status is JobStatus.FAILED for record in records):
         sys.exit(EXIT_FAILED)
 

@@ -59,10 +59,14 @@ def jobs(local_stack: RunningStack, tmp_path_factory: pytest.TempPathFactory) ->
         "manifest_upload": local_stack.klingctl(
             "upload", str(images / "scene.png"), "-p", "als Aquarell, café-Stil", "--job-id", "e2e-manifest", "--wait"
         ),
-        "bad_job": local_stack.klingctl("submit", "-p", "too many", "-n", "12", "--job-id", "e2e-bad-job", "--wait"),
+        # --no-check: past klingctl's own check, so the pipeline's refusal is what is tested.
+        "bad_job": local_stack.klingctl(
+            "submit", "-p", "too many", "-n", "12", "--job-id", "e2e-bad-job", "--no-check", "--wait"
+        ),
         "bad_upload": local_stack.klingctl(
             "upload", str(images / "tiny.png"), "-p", "too small", "--job-id", "e2e-bad-upload", "--wait"
         ),
+        "bad_job_id": local_stack.klingctl("submit", "-p", "a fox", "--job-id", "bad id!", "--no-check", "--wait"),
     }
     queued = re.search(r"queued job (\S+)", runs["text"].output)
     assert queued, runs["text"].output

@@ -90,6 +90,30 @@ def test_a_bad_job_fails_with_a_readable_reason(local_stack: RunningStack, jobs:
     assert "n: must be between 1 and 9 (got 12)" in shown.output
 
 
+def test_klingctl_refuses_a_job_the_pipeline_would_refuse_before_sending_it(local_stack: RunningStack) -> None:
+    """Regression (hardening #17): an invalid job was sent and `--wait` watched an id nothing was recorded under."""
+    sqs = local_stack.client("sqs")
+    refused = local_stack.klingctl("submit", "-p", "a fox", "--job-id", "bad id!", "--wait", "--timeout", "30")
+    assert refused.exit_code == 1, refused.output
+    assert "the pipeline would refuse this job: job_id: may only contain letters, digits" in refused.output
+    assert "nothing was sent" in refused.output
+    attributes = sqs.get_queue_attributes(QueueUrl=local_stack.state.queue_url, AttributeNames=["All"])["Attributes"]
+    assert attributes["ApproximateNumberOfMessages"] == "0"
+
+
+def test_with_no_check_wait_follows_the_id_the_refusal_is_recorded_under(local_stack: RunningStack, jobs: Jobs) -> None:
+    """Regression (hardening #17): `submit --job-id "bad id!" --wait` waited forever, silently."""
+    output = jobs.outputs["bad_job_id"]
+    assert jobs.exit_codes["bad_job_id"] == 1, output  # failed, not a timeout (2)
+    assert "'bad id!' is not usable: the pipeline records its refusal under the message id" in output
+    queued = re.search(r"queued job (\S+)", output)
+    assert queued, output
+    assert f"waiting up to 120 s for job {queued[1]} to be final" in output
+    assert "job_id: may only contain letters, digits" in output
+    shown = local_stack.klingctl("status", queued[1])
+    assert "failed" in shown.output and "invalid_job" in shown.output
+
+
 def test_a_bad_upload_fails_with_a_readable_reason(local_stack: RunningStack, jobs: Jobs) -> None:
     assert jobs.exit_codes["bad_upload"] == 1, jobs.outputs["bad_upload"]
     shown = local_stack.klingctl("status", jobs.bad_upload)
