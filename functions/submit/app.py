@@ -33,6 +33,7 @@ METRIC_NAMES = {
     OutcomeKind.FAILED: "JobsFailed",
     OutcomeKind.GAVE_UP: "JobsFailed",
     OutcomeKind.DUPLICATE: "DuplicateDeliveries",
+    OutcomeKind.ALREADY_FAILED: "DeliveriesOfFailedJobs",
     OutcomeKind.BUSY: "DuplicateDeliveries",
 }
 

@@ -177,3 +177,14 @@ def test_with_a_kling_secret_the_signature_is_required() -> None:
         webhook_secret=SECRET,
         kling_webhook_secret=WHSEC,
     )
+
+
+def test_a_token_of_the_previous_secret_passes_for_jobs_in_flight_during_a_rotation() -> None:
+    # Rotating WEBHOOK_SECRET must not strand the jobs submitted before: their callback URLs carry old tokens.
+    old_token = callback_token("job-1", "the-old-secret")
+    check_token("job-1", old_token, SECRET, "the-old-secret")
+    check_token("job-1", callback_token("job-1", SECRET), SECRET, "the-old-secret")
+    rejection = _rejection(check_token, "job-1", old_token, SECRET)
+    assert (rejection.status, rejection.reason) == (401, "token: does not match this job")
+    rejection = _rejection(check_token, "job-1", callback_token("job-2", "the-old-secret"), SECRET, "the-old-secret")
+    assert rejection.reason == "token: does not match this job"

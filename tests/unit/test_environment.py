@@ -94,15 +94,16 @@ def test_submit_defaults() -> None:
 
 
 def test_submit_values_come_from_upper_case_variables() -> None:
-    options = submit_env({"MAX_RECEIVE_COUNT": "3", "IMAGE_URL_TTL_SECONDS": "604800", "SUBMIT_CONCURRENCY": "1"})
-    assert (options.max_receive_count, options.image_url_ttl_seconds, options.submit_concurrency) == (3, 604800, 1)
+    options = submit_env({"MAX_RECEIVE_COUNT": "3", "IMAGE_URL_TTL_SECONDS": "43200", "SUBMIT_CONCURRENCY": "1"})
+    assert (options.max_receive_count, options.image_url_ttl_seconds, options.submit_concurrency) == (3, 43200, 1)
 
 
 @pytest.mark.parametrize(
     ("env", "problem"),
     [
         ({"MAX_RECEIVE_COUNT": "0"}, "MAX_RECEIVE_COUNT: Input should be greater than or equal to 1 (got '0')"),
-        ({"IMAGE_URL_TTL_SECONDS": "604801"}, "IMAGE_URL_TTL_SECONDS: Input should be less than or equal to 604800"),
+        # Capped at what a Lambda role's credentials live: the URL dies with the credentials that signed it.
+        ({"IMAGE_URL_TTL_SECONDS": "43201"}, "IMAGE_URL_TTL_SECONDS: Input should be less than or equal to 43200"),
         ({"IMAGE_URL_TTL_SECONDS": "59"}, "IMAGE_URL_TTL_SECONDS: Input should be greater than or equal to 60"),
         ({"SUBMIT_CONCURRENCY": "many"}, "SUBMIT_CONCURRENCY: Input should be a valid integer"),
         ({"SUBMIT_RETRY_BASE_SECONDS": "30", "SUBMIT_RETRY_MAX_DELAY_SECONDS": "20"}, "SUBMIT_RETRY_MAX_DELAY_SECONDS"),

@@ -187,3 +187,24 @@ def test_kling_errors_become_record_errors() -> None:
         "code": "kling_error",
         "message": "Kling HTTP 400: bad gateway page",
     }
+
+
+@pytest.mark.parametrize(
+    ("error", "advice"),
+    [
+        ({"code": "kling_unavailable", "message": "Kling: read timed out"}, "send it again under a new job_id"),
+        ({"code": "invalid_job", "message": "n: must be between 1 and 9 (got 12)"}, "fix the job, then send"),
+    ],
+)
+def test_a_resend_of_a_failed_job_is_not_silent(
+    error: dict[str, str], advice: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A failed job is final; a corrected resend under the same id must say why nothing happens, not vanish.
+    kling = FakeKling()
+    sub, records, _ = submission(kling)
+    records.create(JobRecord(job_id="job-1", status=JobStatus.FAILED, error=error))
+    outcome = sub.submit(delivery())
+    assert outcome.kind is OutcomeKind.ALREADY_FAILED
+    assert outcome.error is not None and outcome.error.code == error["code"]
+    assert kling.bodies == []
+    assert any(advice in record.getMessage() for record in caplog.records)

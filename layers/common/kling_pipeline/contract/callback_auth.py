@@ -38,11 +38,13 @@ def check_body_size(body: bytes, limit: int = MAX_CALLBACK_BYTES) -> None:
         )
 
 
-def check_token(job_id: str, token: str | None, secret: str) -> None:
-    """The URL's token must be the HMAC of this job id (constant-time comparison)."""
+def check_token(job_id: str, token: str | None, secret: str, previous_secret: str | None = None) -> None:
+    """The URL's token must be the HMAC of this job id (constant-time comparison), under the current secret or,
+    for the jobs in flight when it was rotated, the previous one."""
     if not token:
         raise CallbackRejectedError(401, ErrorCode.UNAUTHORIZED, "token: missing")
-    if not is_valid_callback_token(job_id, token, secret):
+    secrets = [secret] if previous_secret is None else [secret, previous_secret]
+    if not any(is_valid_callback_token(job_id, token, candidate) for candidate in secrets):
         raise CallbackRejectedError(401, ErrorCode.UNAUTHORIZED, "token: does not match this job")
 
 
@@ -63,12 +65,13 @@ def authenticate_callback(
     body: bytes,
     headers: Mapping[str, str],
     webhook_secret: str,
+    previous_webhook_secret: str | None = None,
     kling_webhook_secret: str | None = None,
     max_body_bytes: int = MAX_CALLBACK_BYTES,
 ) -> None:
     """Raise CallbackRejectedError unless the callback passes every check (size, then token, then signature)."""
     check_body_size(body, max_body_bytes)
-    check_token(job_id, token, webhook_secret)
+    check_token(job_id, token, webhook_secret, previous_webhook_secret)
     if kling_webhook_secret:
         check_signature(body, headers, kling_webhook_secret)
 

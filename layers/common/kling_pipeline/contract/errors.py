@@ -48,6 +48,14 @@ class ErrorCode(StrEnum):
     INTERNAL_ERROR = "internal_error"
 
 
+# Why a job may succeed if it is sent again (under a new job_id: a failed job is final): Kling or the pipeline
+# could not get to it, not anything about the job itself. Kling's own codes: rate and concurrency limits,
+# server errors.
+PASSING_CODES: frozenset[ErrorCode | int] = frozenset(
+    {ErrorCode.KLING_UNAVAILABLE, ErrorCode.DEAD_LETTERED, ErrorCode.TIMED_OUT, 1302, 1303, 5000, 5001, 5002}
+)
+
+
 class JobError(BaseModel):
     """Why something failed. A failed download also names the image, the URL it fetched and the HTTP status it
     got, so a decision such as "the result URL expired" reads fields, never message text."""
@@ -63,6 +71,11 @@ class JobError(BaseModel):
     def as_dict(self) -> dict[str, Any]:
         """The stored form: `{"code", "message"}` plus the download fields when there are any."""
         return self.model_dump(mode="json", exclude_none=True)
+
+    @property
+    def may_pass(self) -> bool:
+        """True when the same job, sent again, may well succeed (see PASSING_CODES)."""
+        return self.code in PASSING_CODES
 
 
 class RaisedJobError(Exception):

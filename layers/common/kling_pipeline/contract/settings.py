@@ -17,6 +17,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 # SQS's limit for a message's visibility timeout: the longest delay before a retry.
 MAX_VISIBILITY_SECONDS = 43200
 MAX_PRESIGNED_SECONDS = 7 * 24 * 3600  # SigV4's limit
+# A presigned URL stops working when the credentials that signed it expire, whatever its own lifetime says.
+# A Lambda function signs with its role's session credentials, which last at most 12 hours; a longer URL
+# lifetime would promise what the credentials cannot keep.
+MAX_ROLE_SIGNED_SECONDS = 12 * 3600
 DEFAULT_IMAGE_HOST_ALLOWLIST = (".klingai.com",)
 DEFAULT_MAX_IMAGE_BYTES = 50 * 1024 * 1024  # MAX_IMAGE_BYTES: the cap on one result image the pipeline copies
 
@@ -95,6 +99,9 @@ class WebhookSecretSource(BaseModel):
 
     webhook_secret: str | None = None
     webhook_secret_arn: str | None = None
+    # The secret before the last rotation (WEBHOOK_SECRET given directly; with WEBHOOK_SECRET_ARN the secret's
+    # AWSPREVIOUS version is used): callbacks of jobs submitted before a rotation still authenticate.
+    webhook_previous_secret: str | None = None
 
 
 class ImageCopyOptions(BaseModel):
@@ -116,7 +123,7 @@ class SubmitOptions(BaseModel):
     """The submit function's own knobs."""
 
     max_receive_count: int = Field(default=5, ge=1, le=1000)  # the jobs queue's redrive maxReceiveCount
-    image_url_ttl_seconds: int = Field(default=3600, ge=60, le=MAX_PRESIGNED_SECONDS)
+    image_url_ttl_seconds: int = Field(default=3600, ge=60, le=MAX_ROLE_SIGNED_SECONDS)
     submit_concurrency: int = Field(default=10, ge=1, le=64)
     submit_retry_base_seconds: float = Field(default=10.0, gt=0, le=MAX_VISIBILITY_SECONDS)
     submit_retry_max_delay_seconds: float = Field(default=900.0, gt=0, le=MAX_VISIBILITY_SECONDS)

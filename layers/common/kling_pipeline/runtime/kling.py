@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from kling_pipeline.adapters.secrets import read_secret
+from kling_pipeline.adapters.secrets import read_previous_secret, read_secret
 from kling_pipeline.contract.errors import ConfigurationError
 from kling_pipeline.contract.settings import KlingAccess, WebhookSecretSource
 from kling_pipeline.kling.auth import BearerKeyAuth, JwtAuth, KlingAuth
@@ -36,3 +36,13 @@ def webhook_secret(env: WebhookSecretSource) -> str:
     if env.webhook_secret_arn:
         return read_secret(env.webhook_secret_arn).strip()
     raise ConfigurationError("no webhook secret")  # the environment model refuses this first
+
+
+def previous_webhook_secret(env: WebhookSecretSource) -> str | None:
+    """The webhook secret before its last rotation, if there is one (tokens of jobs in flight still pass)."""
+    if env.webhook_previous_secret:
+        return env.webhook_previous_secret
+    if env.webhook_secret_arn and not env.webhook_secret:
+        previous = read_previous_secret(env.webhook_secret_arn)
+        return previous.strip() if previous else None
+    return None

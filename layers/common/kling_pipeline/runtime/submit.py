@@ -37,14 +37,15 @@ class SubmitRuntime:
     """
 
     def __init__(self, env: SubmitEnvironment) -> None:
-        secret = webhook_secret(env)  # read now: a missing secret fails the cold start, not the first job
+        webhook_secret(env)  # read now: a missing secret fails the cold start, not the first job
         self.kling = kling_client(env)
         self.submission = Submission(
             job_records(env),
             DynamoSubmitLeases(env.jobs_table, boto3.client("dynamodb")),
             self.kling,
             S3ImageUrls(boto3.client("s3", config=Config(signature_version="s3v4")), env.image_url_ttl_seconds),
-            lambda job_id: callback_url(env.webhook_base_url, job_id, secret),
+            # Read per job (Powertools caches it for 5 minutes): after a rotation new jobs get the new secret.
+            lambda job_id: callback_url(env.webhook_base_url, job_id, webhook_secret(env)),
             retry_policy(env),
             log_context=logger.thread_safe_append_keys,
         )

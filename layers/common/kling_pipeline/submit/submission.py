@@ -55,7 +55,8 @@ class QueuedJob:
 class OutcomeKind(StrEnum):
     SUBMITTED = "submitted"  # Kling accepted a task we created
     ADOPTED = "adopted"  # Kling already had the task (an earlier attempt made it); now recorded
-    DUPLICATE = "duplicate"  # the job was already submitted or final: nothing done
+    DUPLICATE = "duplicate"  # the job was already submitted or succeeded: nothing done
+    ALREADY_FAILED = "already_failed"  # the job id names a failed job, which is final: nothing done, said loudly
     REJECTED = "rejected"  # the message is not a valid job: recorded failed, not retried
     FAILED = "failed"  # Kling (or the image) said no for good: recorded failed, not retried
     RETRY = "retry"  # Kling said later: back to the queue after `delay_seconds`
@@ -127,6 +128,8 @@ class Submission:
     def _resume(self, job: Job, queued: QueuedJob, lease: Lease) -> Outcome:
         """The job was recorded by an earlier delivery: finished, being worked on, or abandoned mid-way."""
         existing = self._records.get(job.job_id)
+        if existing is not None and existing.status is JobStatus.FAILED:
+            return self._already_failed(existing)
         if existing is not None and existing.status is not JobStatus.PENDING:
             logger.info("job already %s: duplicate delivery ignored", existing.status.value)
             return Outcome(OutcomeKind.DUPLICATE, job.job_id, kling_task_id=existing.kling_task_id)
@@ -223,6 +226,22 @@ class Submission:
         if self._records.advance(job_id, JobStatus.FAILED, changes=changes) is None:
             logger.warning("job could not be marked failed: it is no longer open")
         return Outcome(kind, job_id, error=error)
+
+    def _already_failed(self, record: JobRecord) -> Outcome:
+        """A delivery (a redelivery, or a producer's resend) of a job id that failed. Statuses are final, so a
+        resend under the same id is not a new attempt; the log and the metric say so, and how to retry."""
+        error = record.error
+        advice = (
+            "send it again under a new job_id"
+            if error is None or error.may_pass
+            else "fix the job, then send it under a new job_id"
+        )
+        logger.warning(
+            "a delivery of a job that already failed was ignored: a failed job is final; %s",
+            advice,
+            extra={"error": error.as_dict() if error else None},
+        )
+        return Outcome(OutcomeKind.ALREADY_FAILED, record.job_id, kling_task_id=record.kling_task_id, error=error)
 
     def _reject(self, queued: QueuedJob, problem: InvalidJobError) -> Outcome:
         job_id = job_id_in(queued.body) or queued.message_id

@@ -7,7 +7,7 @@ task 400, another task 409 (CallbackRejectedError). An accepted callback's repor
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from kling_pipeline.contract.callback_auth import CallbackRejectedError, authenticate_callback
@@ -29,11 +29,18 @@ class Callback:
 
 class CallbackReceiver:
     def __init__(
-        self, records: JobRecords, progress: JobProgress, *, webhook_secret: str, kling_webhook_secret: str | None
+        self,
+        records: JobRecords,
+        progress: JobProgress,
+        *,
+        webhook_secrets: Callable[[], tuple[str, str | None]],
+        kling_webhook_secret: str | None,
     ) -> None:
+        """`webhook_secrets()`: the current token secret and the one before its last rotation (so jobs in flight
+        keep their tokens); asked per callback, so a rotation reaches a warm container (its reads are cached)."""
         self._records = records
         self._progress = progress
-        self._secret = webhook_secret
+        self._secrets = webhook_secrets
         self._kling_webhook_secret = kling_webhook_secret
 
     def receive(self, callback: Callback, *, deadline: float) -> ProgressResult:
@@ -41,12 +48,14 @@ class CallbackReceiver:
 
         `deadline` (time.monotonic()) bounds the image copy a `succeed` starts.
         """
+        secret, previous = self._secrets()
         authenticate_callback(
             callback.job_id,
             token=callback.token,
             body=callback.body,
             headers=callback.headers,
-            webhook_secret=self._secret,
+            webhook_secret=secret,
+            previous_webhook_secret=previous,
             kling_webhook_secret=self._kling_webhook_secret,
         )
         job = self._records.get(callback.job_id)
