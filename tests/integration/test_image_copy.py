@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import boto3
@@ -168,3 +170,147 @@ def test_a_task_without_images_is_a_copy_error(aws: AwsResources, host: _ImageHo
     with pytest.raises(ImageCopyError) as raised:
         _copier(aws, host).copy_task_images("job-8", KlingTask(task_id="t", task_status="succeed"))
     assert raised.value.code == "no_images"
+
+
+# -- hardening (issue 13) -------------------------------------------------------------------------------------
+
+TRICKLE_INTERVAL = 0.5  # seconds between single bytes: each socket read returns long before a read timeout
+
+
+class _SlowHost:
+    """An image host that misbehaves in time, one way per path. Every wait ends when the test does (`stop`)."""
+
+    def __init__(self) -> None:
+        self.stop = threading.Event()
+        stop = self.stop
+        body = ROUTES["/small.png"][0]
+        big = PNG_OVER_PART
+
+        def trickle(write: Callable[[bytes], object], data: bytes) -> None:
+            for offset in range(len(data)):
+                if stop.wait(TRICKLE_INTERVAL):
+                    return
+                write(data[offset : offset + 1])
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self) -> None:
+                self.close_connection = True
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # the client gave up, as it should
+                    self._misbehave()
+
+            def _misbehave(self) -> None:
+                head = f"HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+                if self.path == "/no-answer.png":  # the request is read, nothing is ever answered
+                    stop.wait()
+                elif self.path == "/trickled-headers.png":
+                    trickle(self.wfile.write, head + body)
+                elif self.path == "/stalled-body.png":  # headers, a first chunk, then silence
+                    self.wfile.write(head + body[:100])
+                    stop.wait()
+                elif self.path == "/trickled-body.png":
+                    self.wfile.write(head)
+                    trickle(self.wfile.write, body)
+                elif self.path == "/trickled-body-no-length.png":  # the end of the body is the end of the stream
+                    self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nConnection: close\r\n\r\n")
+                    trickle(self.wfile.write, body)
+                elif self.path == "/trickle-after-a-part.png":  # one whole part arrives (a multipart upload starts)
+                    self.wfile.write(f"HTTP/1.1 200 OK\r\nContent-Length: {len(big)}\r\n\r\n".encode())
+                    self.wfile.write(big[: PART_SIZE + 10])
+                    trickle(self.wfile.write, big[PART_SIZE + 10 :])
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        # A listener whose accept queue is full: the kernel drops further SYNs, so a connect hangs.
+        self.full = socket.socket()
+        self.full.bind(("127.0.0.1", 0))
+        self.full.listen(0)
+        self._fillers: list[socket.socket] = []
+        for _ in range(8):
+            filler = socket.create_connection(self.full.getsockname(), timeout=5)
+            self._fillers.append(filler)
+            probe = socket.socket()
+            probe.settimeout(0.2)
+            try:
+                probe.connect(self.full.getsockname())
+            except TimeoutError:
+                break  # the queue is full
+            finally:
+                probe.close()
+
+    def url(self, path: str) -> str:
+        if path == "/slow-connect.png":
+            return f"http://127.0.0.1:{self.full.getsockname()[1]}{path}"
+        return f"http://127.0.0.1:{self.server.server_address[1]}{path}"
+
+    def close(self) -> None:
+        self.stop.set()
+        self.server.shutdown()
+        self.server.server_close()
+        for filler in self._fillers:
+            filler.close()
+        self.full.close()
+
+
+@pytest.fixture
+def slow_host() -> Iterator[_SlowHost]:
+    image_host = _SlowHost()
+    thread = threading.Thread(target=image_host.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    yield image_host
+    image_host.close()
+
+
+def _finished_within(seconds: float, call: Callable[[], object]) -> tuple[float, BaseException | None]:
+    """(seconds taken, what `call` raised); fails if it is still running after `seconds`. A call left running
+    ends at the test's teardown, when the slow host stops."""
+    outcome: list[BaseException | None] = []
+
+    def run() -> None:
+        try:
+            call()
+        except BaseException as exc:  # handed to the test
+            outcome.append(exc)
+        else:
+            outcome.append(None)
+
+    started = time.monotonic()
+    worker = threading.Thread(target=run, name="copy-under-test", daemon=True)
+    worker.start()
+    worker.join(seconds)
+    assert not worker.is_alive(), f"still copying {seconds} s after starting (the deadline was 1 s)"
+    return time.monotonic() - started, outcome[0]
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/slow-connect.png",
+        "/no-answer.png",
+        "/trickled-headers.png",
+        "/stalled-body.png",
+        "/trickled-body.png",
+        "/trickled-body-no-length.png",
+        "/trickle-after-a-part.png",
+    ],
+)
+def test_the_copy_deadline_is_enforced_inside_a_read(aws: AwsResources, slow_host: _SlowHost, path: str) -> None:
+    """Regression (hardening #2): the deadline was checked only between `read()` calls and urllib3's timeouts
+    bound each socket operation, so a host answering slowly, or 1 byte every 0.5 s, held the copy for as long
+    as it liked (a 1 s deadline took 8 s). Now every phase of a download ends within about a second of it."""
+    copier = ImageCopier(GuardedHttp(UrlGuard(["127.0.0.1"])), boto3.client("s3"), aws.images_bucket)
+    deadline = time.monotonic() + 1.0
+
+    elapsed, raised = _finished_within(
+        2.5, lambda: copier.copy(slow_host.url(path), "job/0", {"job-id": "job"}, deadline=deadline)
+    )
+
+    assert isinstance(raised, ImageCopyError), raised
+    assert raised.code == "copy_timeout", raised.error
+    assert elapsed < 2.5
+    assert _keys(aws) == []  # nothing partial, not even from a stream whose end looked like the image's end
+    assert _open_uploads(aws) == []  # the multipart upload begun with the first part was aborted

@@ -7,6 +7,7 @@ import base64
 import hashlib
 import hmac
 import json
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -18,7 +19,8 @@ import pytest
 import requests
 from standardwebhooks import Webhook
 
-from devstack.events.http_api import kling_callback_event
+from devstack.events.http_api import HttpResponse, http_response, kling_callback_event
+from devstack.events.lambda_context import LambdaContext
 from devstack.kling_simulator import KlingSimulator, SimulatorConfig
 from devstack.stack.aws_resources import AwsResources, create_resources
 from devstack.stack.moto_server import MotoServer
@@ -551,3 +553,39 @@ def test_max_image_bytes_is_the_largest_size_accepted(
     if outcome == "copy_failed":
         assert answer["error"]["code"] == "image_too_large"
         assert pipeline.objects() == {}
+
+
+# -- hardening (issue 13) -------------------------------------------------------------------------------------
+
+
+def test_a_trickling_image_host_leaves_the_job_copying_with_copy_timeout(pipeline: Pipeline) -> None:
+    """Regression (hardening #2): a host sending an image 1 byte every 0.5 s held the copy far past its
+    deadline (each socket read was within urllib3's timeout), so the function was killed before `copy_error`
+    was recorded. Now the copy stops at its deadline and the job stays `copying` with `copy_timeout`."""
+    task = pipeline.create_task("job-trickle", n=2, watermark=True)
+    view = _succeed(pipeline.sim, task.task_id)
+    pipeline.sim.set_faults(image_errors={"mode": "trickle", "bytes": 1, "interval_ms": 500, "times": -1})
+    # 4 s left in the function: the copy gets 1 s, the 3 s before the timeout are kept for recording the result
+    context = LambdaContext(function_name="webhook", timeout_seconds=4.0)
+    event = pipeline.callback_event("job-trickle", view)
+    answers: list[HttpResponse] = []
+    handler = threading.Thread(
+        target=lambda: answers.append(http_response(webhook_app.lambda_handler(event, context))), daemon=True
+    )
+
+    started = time.monotonic()
+    handler.start()
+    handler.join(4.0)
+
+    assert not handler.is_alive(), "still copying when Lambda would have killed the function"
+    assert time.monotonic() - started < 3.5
+    status, body = answers[0].status, json.loads(answers[0].body)
+    assert (status, body["outcome"], body["status"]) == (200, "copy_failed", "copying")
+    assert body["error"]["code"] == "copy_timeout"
+    record = pipeline.record("job-trickle")
+    assert record.status is JobStatus.COPYING
+    assert record.copy_error is not None and record.copy_error.code == "copy_timeout"
+    assert record.copy_attempts == 1
+    assert pipeline.objects() == {}
+    assert pipeline.open_uploads() == []
+    assert not [thread.name for thread in threading.enumerate() if thread.name.startswith("image-copy")]

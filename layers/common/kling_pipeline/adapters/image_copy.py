@@ -99,20 +99,19 @@ class ImageCopier:
         return CopyResult(images, len(copied), sum(obj.size for obj in copied.values()))
 
     def copy(self, url: str, key_stem: str, metadata: Mapping[str, str], deadline: float | None = None) -> CopiedObject:
-        """Stream one image to `{key_stem}.{png|jpg}`; the extension and content type come from its bytes."""
+        """Stream one image to `{key_stem}.{png|jpg}`; the extension and content type come from its bytes.
+
+        `deadline` (time.monotonic()) bounds the whole download, whatever the host does: COPY_TIMEOUT.
+        """
         try:
-            response = self._http.open(url)
+            with self._http.fetch(url, deadline=deadline) as response:
+                return self._upload(response, key_stem, {**metadata, "source-host": _host_of(url)}, deadline)
         except UrlNotAllowedError as exc:
             raise ImageCopyError.of(exc.code, str(exc)) from None
         except FetchError as exc:
             raise ImageCopyError.of(exc.code, str(exc), http_status=exc.http_status, url=exc.url) from None
-        try:
-            return self._upload(response, key_stem, {**metadata, "source-host": _host_of(url)}, deadline)
         except urllib3.exceptions.HTTPError as exc:
             raise ImageCopyError.of(ErrorCode.DOWNLOAD_FAILED, f"download broke off: {exc}") from None
-        finally:
-            response.close()
-            response.release_conn()
 
     def _copy_all(
         self, job_id: str, sources: list[_Source], metadata: Mapping[str, str], deadline: float | None
@@ -209,11 +208,12 @@ class ImageCopier:
             part = bytearray(self._part_size)
             filled = 0
             while filled < self._part_size:
-                if deadline is not None and time.monotonic() > deadline:
-                    raise ImageCopyError.of(
-                        ErrorCode.COPY_TIMEOUT, f"not finished in time ({received + filled} bytes read)"
-                    )
-                chunk = response.read(min(READ_CHUNK, self._part_size - filled))
+                _check_deadline(deadline, received + filled)
+                try:
+                    chunk = response.read(min(READ_CHUNK, self._part_size - filled))
+                except urllib3.exceptions.HTTPError:
+                    _check_deadline(deadline, received + filled)  # the deadline's shutdown broke the read
+                    raise
                 if not chunk:
                     break
                 part[filled : filled + len(chunk)] = chunk
@@ -224,6 +224,7 @@ class ImageCopier:
                     )
             received += filled
             if filled < self._part_size:  # end of stream
+                _check_deadline(deadline, received)  # or the deadline's shutdown: never stored as the whole image
                 if declared is not None and received != declared:
                     raise ImageCopyError.of(
                         ErrorCode.DOWNLOAD_INCOMPLETE, f"received {received} of {declared} bytes (Content-Length)"
@@ -250,6 +251,13 @@ def _combined(failures: list[tuple[_Source, JobError]]) -> JobError:
         message="; ".join(f"{source.label}: {error.message}" for source, error in failures),
         **telling,
     )
+
+
+def _check_deadline(deadline: float | None, read: int) -> None:
+    """COPY_TIMEOUT once the deadline has passed. GuardedHttp shuts the socket down exactly then, so a read that
+    failed, or a body that ended, after it may have been cut short by it."""
+    if deadline is not None and time.monotonic() >= deadline:
+        raise ImageCopyError.of(ErrorCode.COPY_TIMEOUT, f"not finished in time ({read} bytes read)")
 
 
 def _content_length(response: urllib3.BaseHTTPResponse) -> int | None:
