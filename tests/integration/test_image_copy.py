@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import socket
 import threading
 import time
@@ -16,7 +17,7 @@ from devstack.imagegen import image_bytes, jpeg_bytes, padded_png
 from devstack.stack.aws_resources import AwsResources
 from kling_pipeline.adapters.image_copy import PART_SIZE, ImageCopier
 from kling_pipeline.adapters.url_guard import GuardedHttp, UrlGuard
-from kling_pipeline.kling.task import KlingImage, KlingTask
+from kling_pipeline.kling.task import KlingImage, KlingTask, parse_task
 from kling_pipeline.ports import ImageCopyError
 
 Route = tuple[bytes, bool]  # body, send Content-Length
@@ -53,6 +54,8 @@ PNG_EXACT_PART = padded_png(320, 320, PART_SIZE)
 PNG_OVER_PART = padded_png(320, 320, PART_SIZE + 1024)
 ROUTES: dict[str, Route] = {
     "/small.png": (image_bytes(320, 320), True),
+    "/other.png": (image_bytes(330, 330, color=(200, 120, 80)), True),
+    "/third.png": (image_bytes(340, 340, color=(90, 170, 110)), True),
     "/photo.jpg": (jpeg_bytes(320, 320), True),
     "/anim.gif": (image_bytes(320, 320, "gif"), True),
     "/exact-part.png": (PNG_EXACT_PART, True),
@@ -156,20 +159,25 @@ def test_a_task_copy_names_every_failed_image_and_keys_are_deterministic(aws: Aw
     assert [image.model_dump() for image in result.images] == [
         {
             "index": 0,
-            "s3_key": "job-7/0.png",
+            "s3_key": "job-7/t/0.png",
             "content_type": "image/png",
             "size": len(ROUTES["/small.png"][0]),
-            "watermark_s3_key": "job-7/0-watermark.jpg",
+            "watermark_s3_key": "job-7/t/0-watermark.jpg",
         }
     ]
     assert result.objects_copied == 2
-    assert {"job-7/0.png", "job-7/0-watermark.jpg"} <= set(_keys(aws))
+    assert {"job-7/t/0.png", "job-7/t/0-watermark.jpg"} <= set(_keys(aws))
 
 
 def test_a_task_without_images_is_a_copy_error(aws: AwsResources, host: _ImageHost) -> None:
     with pytest.raises(ImageCopyError) as raised:
         _copier(aws, host).copy_task_images("job-8", KlingTask(task_id="t", task_status="succeed"))
     assert raised.value.code == "no_images"
+
+
+def _stored(aws: AwsResources, key: str) -> bytes:
+    body: bytes = boto3.client("s3").get_object(Bucket=aws.images_bucket, Key=key)["Body"].read()
+    return body
 
 
 # -- hardening (issue 13) -------------------------------------------------------------------------------------
@@ -314,3 +322,80 @@ def test_the_copy_deadline_is_enforced_inside_a_read(aws: AwsResources, slow_hos
     assert elapsed < 2.5
     assert _keys(aws) == []  # nothing partial, not even from a stream whose end looked like the image's end
     assert _open_uploads(aws) == []  # the multipart upload begun with the first part was aborted
+
+
+def test_images_with_a_missing_or_repeated_index_each_get_their_own_key(aws: AwsResources, host: _ImageHost) -> None:
+    """Regression (hardening #6): the key came from Kling's `index`, so two images with the same index (a relay
+    item without one gets its list position, which another item may name explicitly) were stored under one key,
+    one overwriting the other, while the record listed both and the job succeeded. Now each image of the task
+    is numbered once (by Kling's index, then list position) and stored under its own key."""
+    task = parse_task(
+        {
+            "task_id": "t6",
+            "task_status": "succeed",
+            "task_result": {
+                "images": [
+                    {"url": host.url("/small.png")},  # no index: its position, 0
+                    {"index": 0, "url": host.url("/other.png"), "watermark_url": host.url("/third.png")},
+                    {"index": 1, "url": host.url("/third.png")},
+                    {"id": "", "url": host.url("/photo.jpg")},  # position 3
+                    {"index": 1, "url": host.url("/small.png")},
+                ]
+            },
+        }
+    )
+    assert [image.index for image in task.images] == [0, 0, 1, 3, 1]
+
+    result = _copier(aws, host).copy_task_images("job-6", task)
+
+    # Kling's order, ties in list order: small(0), other(0), third(1), small(1), photo(3)
+    sources = ["/small.png", "/other.png", "/third.png", "/small.png", "/photo.jpg"]
+    keys = [image.s3_key for image in result.images]
+    assert len(set(keys)) == len(keys) == 5, keys
+    assert [image.index for image in result.images] == [0, 1, 2, 3, 4]
+    for image, source in zip(result.images, sources, strict=True):
+        assert _stored(aws, image.s3_key) == ROUTES[source][0]
+    watermarked = result.images[1]
+    assert watermarked.watermark_s3_key is not None
+    assert _stored(aws, watermarked.watermark_s3_key) == ROUTES["/third.png"][0]
+    assert sorted(_keys(aws)) == sorted([*keys, watermarked.watermark_s3_key])
+    assert result.objects_copied == 6
+
+
+def test_a_reused_job_id_never_overwrites_an_earlier_jobs_images(aws: AwsResources, host: _ImageHost) -> None:
+    """Regression (hardening #10): images were stored under `{job_id}/{index}`, and images are kept forever
+    while a job record expires after 90 days, so a new job reusing the id overwrote the old job's images.
+    Keys now carry the Kling task id, which no two jobs share."""
+    copier = _copier(aws, host)
+    old = copier.copy_task_images(
+        "job-10",
+        KlingTask(task_id="800001", task_status="succeed", images=[KlingImage(index=0, url=host.url("/small.png"))]),
+    )
+    # 90 days on, the record has expired and a new job arrives with the same id: another task, another image
+    new = copier.copy_task_images(
+        "job-10",
+        KlingTask(task_id="800002", task_status="succeed", images=[KlingImage(index=0, url=host.url("/other.png"))]),
+    )
+
+    assert old.images[0].s3_key != new.images[0].s3_key
+    assert _stored(aws, old.images[0].s3_key) == ROUTES["/small.png"][0]
+    assert _stored(aws, new.images[0].s3_key) == ROUTES["/other.png"][0]
+    assert len(_keys(aws)) == 2
+
+
+@pytest.mark.parametrize(
+    ("task_id", "segment"),
+    [
+        ("867283741759111202", "867283741759111202"),  # Kling's ids stay as they are
+        ("CjMz-_9", "CjMz-_9"),
+        ("relay/42", "relay%2F42"),  # a relay's id never adds a level to the key
+        ("..", "%2E%2E"),
+        ("50%", "50%25"),  # so an encoded id never meets a plain one
+        ("tâche", "t%C3%A2che"),
+        ("x" * 129, "sha256-" + hashlib.sha256(b"x" * 129).hexdigest()),  # S3 keys end at 1024 bytes
+    ],
+)
+def test_the_task_id_is_one_key_segment(aws: AwsResources, host: _ImageHost, task_id: str, segment: str) -> None:
+    task = KlingTask(task_id=task_id, task_status="succeed", images=[KlingImage(index=0, url=host.url("/small.png"))])
+    [image] = _copier(aws, host).copy_task_images("job-k", task).images
+    assert image.s3_key == f"job-k/{segment}/0.png"
