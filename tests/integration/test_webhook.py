@@ -588,7 +588,8 @@ def test_a_trickling_image_host_leaves_the_job_copying_with_copy_timeout(pipelin
     assert record.copy_attempts == 1
     assert pipeline.objects() == {}
     assert pipeline.open_uploads() == []
-    assert not [thread.name for thread in threading.enumerate() if thread.name.startswith("image-copy")]
+    # the copy's workers and each download's deadline watch are gone, not left reading in the background
+    assert not [t.name for t in threading.enumerate() if t.name.startswith(("image-copy", "fetch-deadline"))]
 
 
 def test_a_job_id_reused_after_its_record_expired_keeps_the_old_jobs_images(
