@@ -29,10 +29,15 @@ GARBLED_ANSWERS: frozenset[str] = frozenset({"html", "no_status"})
 
 
 class ImageErrors(TypedDict):
-    """Spoil the next `times` image downloads (-1: always): an HTTP `status`, or a `truncate`d body."""
+    """Spoil the next `times` image downloads (-1: always): an HTTP `status`, a `truncate`d body, or a `trickle`:
+    the headers at once, then `after_bytes` bytes (default 0), then `bytes` bytes (default 1) every
+    `interval_ms` milliseconds (default 500) until the whole body is sent, as a host starving a client does."""
 
-    mode: Literal["status", "truncate"]
+    mode: Literal["status", "truncate", "trickle"]
     status: NotRequired[int]
+    bytes: NotRequired[int]
+    interval_ms: NotRequired[int]
+    after_bytes: NotRequired[int]
     times: int
 
 
@@ -143,6 +148,13 @@ def _count(name: str, value: object) -> int:
     return number
 
 
+def _positive(name: str, value: object) -> int:
+    number = _int(name, value)
+    if number < 1:
+        raise ValueError(f"{name}: must be at least 1 (got {number})")
+    return number
+
+
 def _times(name: str, value: object) -> int:
     number = _int(name, value)
     if number < 1 and number != -1:
@@ -175,9 +187,14 @@ def _code_rate(name: str, value: object) -> CodeRate:
 def _image_errors(name: str, value: object) -> ImageErrors:
     entry = _object(name, value)
     mode = entry.get("mode", "status")
-    if mode not in ("status", "truncate"):
-        raise ValueError(f"{name}.mode: must be 'status' or 'truncate' (got {mode!r})")
+    if mode not in ("status", "truncate", "trickle"):
+        raise ValueError(f"{name}.mode: must be 'status', 'truncate' or 'trickle' (got {mode!r})")
     status = _int(f"{name}.status", entry.get("status", 500))
     if not 400 <= status <= 599:
         raise ValueError(f"{name}.status: must be an HTTP error status 400..599 (got {status})")
-    return {"mode": mode, "status": status, "times": _times(f"{name}.times", entry.get("times", 1))}
+    spec: ImageErrors = {"mode": mode, "status": status, "times": _times(f"{name}.times", entry.get("times", 1))}
+    if mode == "trickle":
+        spec["bytes"] = _positive(f"{name}.bytes", entry.get("bytes", 1))
+        spec["interval_ms"] = _positive(f"{name}.interval_ms", entry.get("interval_ms", 500))
+        spec["after_bytes"] = _count(f"{name}.after_bytes", entry.get("after_bytes", 0))
+    return spec

@@ -18,6 +18,16 @@ class Response:
     delay: float = 0.0  # seconds to wait before answering (latency fault)
     disconnect: bool = False  # close the connection without answering
     truncate: bool = False  # announce the full Content-Length, send about half, close
+    trickle: Trickle | None = None  # send the body slowly
+
+
+@dataclasses.dataclass(frozen=True)
+class Trickle:
+    """After the headers: `after_bytes` bytes at once, then `chunk` bytes every `interval` seconds."""
+
+    after_bytes: int
+    chunk: int
+    interval: float
 
 
 def json_response(status: int, payload: Any) -> Response:

@@ -14,7 +14,7 @@ from devstack.kling_simulator.api import handle_api, is_api_path
 from devstack.kling_simulator.control import CONTROL_PREFIX, handle_control
 from devstack.kling_simulator.images import IMAGE_PATH_PREFIX, parse_image_path
 from devstack.kling_simulator.records import RecordedRequest
-from devstack.kling_simulator.responses import Response, control_error, json_response
+from devstack.kling_simulator.responses import Response, Trickle, control_error, json_response
 from devstack.kling_simulator.state import SimState
 
 _log = logging.getLogger(__name__)
@@ -107,7 +107,12 @@ class _Handler(BaseHTTPRequestHandler):
         if fault is not None and fault["mode"] == "status":
             return control_error(fault.get("status", 500), "injected image error")
         response = Response(200, state.images.render(name), content_type=name.content_type)
-        response.truncate = fault is not None
+        if fault is not None and fault["mode"] == "trickle":
+            response.trickle = Trickle(
+                fault.get("after_bytes", 0), fault.get("bytes", 1), fault.get("interval_ms", 500) / 1000
+            )
+        else:
+            response.truncate = fault is not None
         return response
 
     def _send(self, response: Response) -> None:
@@ -124,5 +129,15 @@ class _Handler(BaseHTTPRequestHandler):
             return
         body = response.body[: len(response.body) // 2] if response.truncate else response.body
         with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # the client gave up
-            self.wfile.write(body)
+            if response.trickle is None:
+                self.wfile.write(body)
+            else:
+                self._trickle(body, response.trickle)
         self.close_connection = True
+
+    def _trickle(self, body: bytes, trickle: Trickle) -> None:
+        self.wfile.write(body[: trickle.after_bytes])
+        for start in range(trickle.after_bytes, len(body), trickle.chunk):
+            if self.server.state.stopping.wait(trickle.interval):
+                return  # shutting down: leave the rest unsent
+            self.wfile.write(body[start : start + trickle.chunk])

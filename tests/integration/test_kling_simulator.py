@@ -522,6 +522,56 @@ def test_image_truncate_fault(kling_sim: KlingSimulator) -> None:
                 _ = response.content
 
 
+def test_image_trickle_fault_sends_headers_at_once_then_the_body_slowly(kling_sim: KlingSimulator) -> None:
+    (image,) = succeeded_images(kling_sim)
+    full = requests.get(image["url"], timeout=5).content
+    chunk = len(full) // 4 + 1  # four chunks after the first 100 bytes at most
+    kling_sim.set_faults(image_errors={"mode": "trickle", "bytes": chunk, "interval_ms": 200, "after_bytes": 100})
+    started = time.monotonic()
+    with requests.get(image["url"], stream=True, timeout=5) as response:
+        assert int(response.headers["Content-Length"]) == len(full)
+        headers_after = time.monotonic() - started
+        first = response.raw.read(100)
+        body = first + response.raw.read()
+        took = time.monotonic() - started
+    assert body == full  # a patient client gets the whole image
+    assert first == full[:100]
+    assert headers_after < took
+    chunks = -(-(len(full) - 100) // chunk)
+    assert took >= chunks * 0.2  # the server waits `interval_ms` before each chunk
+    assert kling_sim.faults().image_errors is None  # times defaults to 1
+    fast = time.monotonic()
+    assert requests.get(image["url"], timeout=5).content == full
+    assert time.monotonic() - fast < chunks * 0.2
+
+
+@pytest.mark.parametrize(
+    ("fault", "message"),
+    [
+        ({"mode": "trickle", "bytes": 0}, "image_errors.bytes: must be at least 1"),
+        ({"mode": "trickle", "interval_ms": 0}, "image_errors.interval_ms: must be at least 1"),
+        ({"mode": "trickle", "after_bytes": -1}, "image_errors.after_bytes: must be at least 0"),
+        ({"mode": "slow"}, "image_errors.mode: must be 'status', 'truncate' or 'trickle'"),
+    ],
+)
+def test_image_trickle_fault_is_validated(kling_sim: KlingSimulator, fault: dict[str, Any], message: str) -> None:
+    refused = requests.post(kling_sim.base_url + "/_sim/faults", json={"image_errors": fault}, timeout=5)
+    assert refused.status_code == 400
+    assert message in refused.json()["error"]
+    assert kling_sim.faults().image_errors is None
+
+
+def test_stop_ends_a_trickling_download() -> None:
+    before = {t.ident for t in threading.enumerate()}
+    sim = KlingSimulator(SimulatorConfig()).start()
+    (image,) = succeeded_images(sim)
+    sim.set_faults(image_errors={"mode": "trickle", "interval_ms": 60_000, "times": -1})
+    with requests.get(image["url"], stream=True, timeout=5):
+        sim.stop()
+        # the handler does not sit out its minute-long interval
+        wait_for(lambda: not [t for t in threading.enumerate() if t.ident not in before and t.is_alive()])
+
+
 # -- control API -----------------------------------------------------------------------------------------
 
 

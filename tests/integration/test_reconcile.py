@@ -153,6 +153,11 @@ def _answered_resends(sim: KlingSimulator) -> list[int]:
     return [d.status_code for d in sim.callbacks() if d.kind == "resend" and d.status_code is not None]
 
 
+def _image_keys(record: JobRecord, n: int) -> list[str]:
+    """Where a job's n images are expected: under its Kling task (hardening #10), numbered 0..n-1."""
+    return [f"{record.job_id}/{record.kling_task_id}/{i}.png" for i in range(n)]
+
+
 def _events_by_job(events: list[dict[str, Any]]) -> Counter[str]:
     return Counter(event["detail"]["job_id"] for event in events)
 
@@ -172,18 +177,19 @@ def test_with_every_callback_dropped_one_run_finishes_every_job_with_its_images(
 
     assert summary["jobs"] == {"succeeded": 4}
     assert summary["examined"] == 4
-    for job_id, n in jobs.items():
+    keys = {job_id: _image_keys(world.record(job_id), n) for job_id, n in jobs.items()}
+    for job_id in jobs:
         record = world.record(job_id)
         assert record.status is JobStatus.SUCCEEDED
-        assert [image.s3_key for image in record.images or []] == [f"{job_id}/{i}.png" for i in range(n)]
-    assert world.versions() == Counter({f"{job_id}/{i}.png": 1 for job_id, n in jobs.items() for i in range(n)})
+        assert [image.s3_key for image in record.images or []] == keys[job_id]
+    assert world.versions() == Counter({key: 1 for job_keys in keys.values() for key in job_keys})
     events = world.events()
     assert _events_by_job(events) == Counter(dict.fromkeys(jobs, 1))
     for event in events:
         assert (event["source"], event["detail-type"]) == ("kling-pipeline", "Job Succeeded")
         detail = event["detail"]
         bucket = world.aws.images_bucket
-        assert detail["images"] == [f"s3://{bucket}/{detail['job_id']}/{i}.png" for i in range(jobs[detail["job_id"]])]
+        assert detail["images"] == [f"s3://{bucket}/{key}" for key in keys[detail["job_id"]]]
         assert (detail["status"], detail["error"]) == ("succeeded", None)
 
     again = world.reconcile()
@@ -257,7 +263,7 @@ def test_a_copy_that_fails_twice_is_finished_by_the_reconciler_and_each_image_is
     assert record.status is JobStatus.SUCCEEDED
     assert record.copy_attempts == 3
     assert record.copy_error is None
-    assert world.versions() == Counter({"flaky-copy/0.png": 1})  # one object, written once
+    assert world.versions() == Counter(dict.fromkeys(_image_keys(record, 1), 1))  # one object, written once
     assert world.sim.image_requests() == 3
     assert [event["detail-type"] for event in world.events()] == ["Job Succeeded"]
 
@@ -361,7 +367,7 @@ def test_a_dead_lettered_job_that_kling_already_has_is_adopted_not_failed(world:
 
     record = world.record("made-it")
     assert (record.status, record.kling_task_id) == (JobStatus.SUCCEEDED, task.task_id)
-    assert world.versions() == Counter({"made-it/0.png": 1, "made-it/1.png": 1})
+    assert world.versions() == Counter(dict.fromkeys(_image_keys(record, 2), 1))
     assert [event["detail-type"] for event in world.events()] == ["Job Succeeded"]
 
 
@@ -654,7 +660,7 @@ def test_overlapping_runs_finish_each_job_once_and_write_only_its_own_keys(world
     assert sum(result["jobs"].get("succeeded", 0) for result in results) == len(jobs)  # each finished once
     for job_id in jobs:
         assert world.record(job_id).status is JobStatus.SUCCEEDED
-    assert set(world.versions()) == {f"{job_id}/{i}.png" for job_id, n in jobs.items() for i in range(n)}
+    assert set(world.versions()) == {key for job_id, n in jobs.items() for key in _image_keys(world.record(job_id), n)}
     assert _events_by_job(world.events()) == Counter(dict.fromkeys(jobs, 1))
 
 

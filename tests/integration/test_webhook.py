@@ -7,6 +7,7 @@ import base64
 import hashlib
 import hmac
 import json
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -18,7 +19,8 @@ import pytest
 import requests
 from standardwebhooks import Webhook
 
-from devstack.events.http_api import kling_callback_event
+from devstack.events.http_api import HttpResponse, http_response, kling_callback_event
+from devstack.events.lambda_context import LambdaContext
 from devstack.kling_simulator import KlingSimulator, SimulatorConfig
 from devstack.stack.aws_resources import AwsResources, create_resources
 from devstack.stack.moto_server import MotoServer
@@ -102,9 +104,9 @@ def _succeed(sim: KlingSimulator, task_id: str) -> dict[str, Any]:
     return sim.advance(task_id, "succeed")
 
 
-def _expected_keys(job_id: str, n: int, *, watermark: bool) -> set[str]:
-    keys = {f"{job_id}/{i}.png" for i in range(n)}
-    return keys | ({f"{job_id}/{i}-watermark.png" for i in range(n)} if watermark else set())
+def _expected_keys(job_id: str, task_id: str, n: int, *, watermark: bool) -> set[str]:
+    keys = {f"{job_id}/{task_id}/{i}.png" for i in range(n)}
+    return keys | ({f"{job_id}/{task_id}/{i}-watermark.png" for i in range(n)} if watermark else set())
 
 
 # -- happy path, over real HTTP callbacks ------------------------------------------------------------------
@@ -131,13 +133,13 @@ def test_real_callbacks_store_every_image_and_watermark_and_finish_the_job(
     assert record.kling_task_id == task.task_id
     assert record.kling_status == "succeed"
     objects = pipeline.objects()
-    assert set(objects) == _expected_keys("job-happy", 4, watermark=True)
+    assert set(objects) == _expected_keys("job-happy", task.task_id, 4, watermark=True)
     assert [image.index for image in record.images or []] == [0, 1, 2, 3]
     for image in record.images or []:
         head = objects[image.s3_key]
         assert image.content_type == head["ContentType"] == "image/png"
         assert image.size == head["ContentLength"] > 0
-        assert image.watermark_s3_key == f"job-happy/{image.index}-watermark.png"
+        assert image.watermark_s3_key == f"job-happy/{task.task_id}/{image.index}-watermark.png"
         assert head["Metadata"]["job-id"] == "job-happy"
         assert head["Metadata"]["kling-task-id"] == task.task_id
     assert {delivery.task_status for delivery in sim.callbacks()} == {"submitted", "processing", "succeed"}
@@ -170,7 +172,7 @@ def test_the_same_succeed_callback_three_times_stores_one_set_of_objects(pipelin
 
     assert [status for status, _ in answers] == [200, 200, 200]
     assert [body["outcome"] for _, body in answers] == ["succeeded", "unchanged", "unchanged"]
-    assert set(pipeline.objects()) == _expected_keys("job-dup", 2, watermark=True)
+    assert set(pipeline.objects()) == _expected_keys("job-dup", task.task_id, 2, watermark=True)
     assert pipeline.open_uploads() == []
     assert pipeline.sim.image_requests() == 4  # the repeats fetched nothing
     assert pipeline.record("job-dup").status is JobStatus.SUCCEEDED
@@ -198,7 +200,7 @@ def test_shuffled_and_duplicated_real_callbacks_end_succeeded_with_one_set_of_ob
     try:
         _wire(monkeypatch, sim)
         pipeline = Pipeline(DynamoJobRecords(aws.table), aws.images_bucket, sim, webhook_base_url=front.base_url)
-        pipeline.create_task("job-shuffled", n=3, watermark=True)
+        task = pipeline.create_task("job-shuffled", n=3, watermark=True)
         # processing x3, succeed x3, then a stale processing: 7 deliveries
         wait_until(lambda: len(sim.callbacks()) >= 7, message="every callback delivered")
     finally:
@@ -210,7 +212,7 @@ def test_shuffled_and_duplicated_real_callbacks_end_succeeded_with_one_set_of_ob
     assert sim.callbacks()[-1].task_status == "processing"  # the stale one came last
     record = pipeline.record("job-shuffled")
     assert record.status is JobStatus.SUCCEEDED
-    assert set(pipeline.objects()) == _expected_keys("job-shuffled", 3, watermark=True)
+    assert set(pipeline.objects()) == _expected_keys("job-shuffled", task.task_id, 3, watermark=True)
     assert set(front.statuses) == {200}
 
 
@@ -519,7 +521,7 @@ def test_image_urls_in_a_callback_body_are_never_fetched(pipeline: Pipeline) -> 
         assert canary.requests == []
     assert (status, answer["outcome"]) == (200, "succeeded")
     # the images stored are the ones Kling's query API lists, fetched from the simulator
-    assert set(pipeline.objects()) == _expected_keys("job-ssrf", 3, watermark=False)
+    assert set(pipeline.objects()) == _expected_keys("job-ssrf", task.task_id, 3, watermark=False)
     assert pipeline.sim.image_requests() == 3
 
 
@@ -580,8 +582,8 @@ def test_a_download_cut_off_halfway_leaves_no_object_and_a_later_callback_comple
     assert record.copy_error is None
     assert record.copy_attempts == 2
     objects = pipeline.objects()
-    assert set(objects) == {"job-cut/0.png"}
-    assert objects["job-cut/0.png"]["ContentLength"] == (record.images or [])[0].size > 10 * 1024 * 1024
+    assert set(objects) == {f"job-cut/{task.task_id}/0.png"}
+    assert objects[f"job-cut/{task.task_id}/0.png"]["ContentLength"] == (record.images or [])[0].size > 10 * 1024 * 1024
     assert pipeline.open_uploads() == []
 
 
@@ -613,3 +615,73 @@ def test_max_image_bytes_is_the_largest_size_accepted(
     if outcome == "copy_failed":
         assert answer["error"]["code"] == "image_too_large"
         assert pipeline.objects() == {}
+
+
+# -- hardening (issue 13) -------------------------------------------------------------------------------------
+
+
+def test_a_trickling_image_host_leaves_the_job_copying_with_copy_timeout(pipeline: Pipeline) -> None:
+    """Regression (hardening #2): a host sending an image 1 byte every 0.5 s held the copy far past its
+    deadline (each socket read was within urllib3's timeout), so the function was killed before `copy_error`
+    was recorded. Now the copy stops at its deadline and the job stays `copying` with `copy_timeout`."""
+    task = pipeline.create_task("job-trickle", n=2, watermark=True)
+    view = _succeed(pipeline.sim, task.task_id)
+    pipeline.sim.set_faults(image_errors={"mode": "trickle", "bytes": 1, "interval_ms": 500, "times": -1})
+    # 4 s left in the function: the copy gets 1 s, the 3 s before the timeout are kept for recording the result
+    context = LambdaContext(function_name="webhook", timeout_seconds=4.0)
+    event = pipeline.callback_event("job-trickle", view)
+    answers: list[HttpResponse] = []
+    handler = threading.Thread(
+        target=lambda: answers.append(http_response(webhook_app.lambda_handler(event, context))), daemon=True
+    )
+
+    started = time.monotonic()
+    handler.start()
+    handler.join(4.0)
+
+    assert not handler.is_alive(), "still copying when Lambda would have killed the function"
+    assert time.monotonic() - started < 3.5
+    status, body = answers[0].status, json.loads(answers[0].body)
+    assert (status, body["outcome"], body["status"]) == (200, "copy_failed", "copying")
+    assert body["error"]["code"] == "copy_timeout"
+    record = pipeline.record("job-trickle")
+    assert record.status is JobStatus.COPYING
+    assert record.copy_error is not None and record.copy_error.code == "copy_timeout"
+    assert record.copy_attempts == 1
+    assert pipeline.objects() == {}
+    assert pipeline.open_uploads() == []
+    # the copy's workers and each download's deadline watch are gone, not left reading in the background
+    assert not [t.name for t in threading.enumerate() if t.name.startswith(("image-copy", "fetch-deadline"))]
+
+
+def test_a_job_id_reused_after_its_record_expired_keeps_the_old_jobs_images(
+    pipeline: Pipeline, aws: AwsResources, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression (hardening #10): images are kept forever but a job record expires after 90 days, and keys
+    were `{job_id}/{index}`, so a new job reusing the id overwrote the old job's images. Now they differ."""
+    first = pipeline.create_task("job-again", n=1)
+    assert (
+        invoke(pipeline.callback_event("job-again", _succeed(pipeline.sim, first.task_id)))[1]["outcome"] == "succeeded"
+    )
+    [old] = pipeline.record("job-again").images or []
+    s3 = boto3.client("s3")
+    old_bytes = s3.get_object(Bucket=aws.images_bucket, Key=old.s3_key)["Body"].read()
+    # The TTL deleted the record; Kling deleted its results long before (30 days). A new job uses the id.
+    boto3.resource("dynamodb").Table(aws.table).delete_item(Key={"job_id": "job-again"})
+    sim = _start_sim(image_width=336, image_height=336)
+    try:
+        _wire(monkeypatch, sim)
+        again = Pipeline(pipeline.store, pipeline.bucket, sim)
+        second = again.create_task("job-again", n=1)
+        status, body = invoke(again.callback_event("job-again", _succeed(sim, second.task_id)))
+    finally:
+        sim.stop()
+
+    assert (status, body["outcome"]) == (200, "succeeded")
+    [new] = again.record("job-again").images or []
+    assert new.s3_key != old.s3_key
+    assert s3.get_object(Bucket=aws.images_bucket, Key=old.s3_key)["Body"].read() == old_bytes
+    objects = pipeline.objects()
+    assert set(objects) == {old.s3_key, new.s3_key}
+    assert objects[old.s3_key]["Metadata"]["kling-task-id"] == first.task_id
+    assert objects[new.s3_key]["Metadata"]["kling-task-id"] == second.task_id

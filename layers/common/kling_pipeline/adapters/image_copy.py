@@ -3,11 +3,14 @@
 Memory stays bounded whatever the image size: each object is read and uploaded one part (5 MiB) at a time.
 An object appears in S3 only when complete (a single PUT, or a multipart upload that is completed only after
 the last byte arrived and is aborted on any failure), so a failed or repeated copy never leaves a partial
-or duplicate object: keys are deterministic and a repeat overwrites with the same bytes.
+or duplicate object: keys are deterministic per task and a repeat overwrites with the same bytes. Keys are
+never shared between tasks, nor between images of one task (`{job_id}/{kling_task_id}/{n}`).
 """
 
 from __future__ import annotations
 
+import hashlib
+import string
 import time
 from collections.abc import Iterator, Mapping
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
@@ -28,6 +31,8 @@ from kling_pipeline.ports import CopyResult, ImageCopyError
 PART_SIZE = 5 * 1024 * 1024  # S3's minimum part size (except the last part)
 READ_CHUNK = 256 * 1024
 DEFAULT_CONCURRENCY = 4
+MAX_TASK_SEGMENT = 128  # characters of a task id in a key; S3 keys end at 1024 bytes
+_KEY_SAFE = frozenset(string.ascii_letters + string.digits + "-_")  # every character of Kling's own task ids
 
 
 @dataclass(frozen=True)
@@ -39,13 +44,14 @@ class CopiedObject:
 
 @dataclass(frozen=True)
 class _Source:
-    index: int
+    number: int  # the image's place in the task: its `index` in the record and in its key, unique per task
+    kling_index: int  # as Kling (or a relay) reported it, which need not be unique
     url: str
     watermark: bool
 
     @property
     def label(self) -> str:
-        return f"image {self.index}{' (watermark)' if self.watermark else ''}"
+        return f"image {self.number}{' (watermark)' if self.watermark else ''}"
 
 
 class ImageCopier:
@@ -73,23 +79,29 @@ class ImageCopier:
         self._part_size = part_size
 
     def copy_task_images(self, job_id: str, task: KlingTask, *, deadline: float | None = None) -> CopyResult:
-        """Copy every image (and watermarked variant) of `task` under `{job_id}/`; ImageCopyError if any fails.
+        """Copy every image (and watermarked variant) of `task` under `{job_id}/{task id}/`; ImageCopyError if any
+        fails.
 
-        `deadline` is a `time.monotonic()` value after which copying stops with an error.
+        The images are numbered 0..n-1 in the order of Kling's `index`, ties in list order: Kling's own indexes
+        keep their numbers, while a relay's missing index (its list position) or repeated one cannot put two
+        images under one key. `deadline` is a `time.monotonic()` value after which copying stops with an error.
         """
         if not task.images:
             raise ImageCopyError.of(ErrorCode.NO_IMAGES, f"Kling task {task.task_id} succeeded but lists no images")
-        sources = [_Source(image.index, image.url, False) for image in task.images]
-        sources += [_Source(image.index, image.watermark_url, True) for image in task.images if image.watermark_url]
+        numbered = list(enumerate(sorted(task.images, key=lambda image: image.index)))  # sorted() is stable
+        sources = [_Source(n, image.index, image.url, False) for n, image in numbered]
+        sources += [_Source(n, image.index, image.watermark_url, True) for n, image in numbered if image.watermark_url]
         metadata = {"job-id": job_id, "kling-task-id": task.task_id}
-        copied = self._copy_all(job_id, sources, metadata, deadline)
+        # The task id keeps jobs apart: a job id may come back once its record expired, and images stay forever.
+        copied = self._copy_all(f"{job_id}/{_key_segment(task.task_id)}", sources, metadata, deadline)
+        by_place = {(source.number, source.watermark): stored for source, stored in copied.items()}
         images = []
-        for image in sorted(task.images, key=lambda image: image.index):
-            original = copied[_Source(image.index, image.url, False)]
-            watermark = copied.get(_Source(image.index, image.watermark_url or "", True))
+        for n in range(len(numbered)):
+            original = by_place[(n, False)]
+            watermark = by_place.get((n, True))
             images.append(
                 StoredImage(
-                    index=image.index,
+                    index=n,
                     s3_key=original.key,
                     content_type=original.content_type,
                     size=original.size,
@@ -99,30 +111,29 @@ class ImageCopier:
         return CopyResult(images, len(copied), sum(obj.size for obj in copied.values()))
 
     def copy(self, url: str, key_stem: str, metadata: Mapping[str, str], deadline: float | None = None) -> CopiedObject:
-        """Stream one image to `{key_stem}.{png|jpg}`; the extension and content type come from its bytes."""
+        """Stream one image to `{key_stem}.{png|jpg}`; the extension and content type come from its bytes.
+
+        `deadline` (time.monotonic()) bounds the whole download, whatever the host does: COPY_TIMEOUT.
+        """
         try:
-            response = self._http.open(url)
+            with self._http.fetch(url, deadline=deadline) as response:
+                return self._upload(response, key_stem, {**metadata, "source-host": _host_of(url)}, deadline)
         except UrlNotAllowedError as exc:
             raise ImageCopyError.of(exc.code, str(exc)) from None
         except FetchError as exc:
             raise ImageCopyError.of(exc.code, str(exc), http_status=exc.http_status, url=exc.url) from None
-        try:
-            return self._upload(response, key_stem, {**metadata, "source-host": _host_of(url)}, deadline)
         except urllib3.exceptions.HTTPError as exc:
             raise ImageCopyError.of(ErrorCode.DOWNLOAD_FAILED, f"download broke off: {exc}") from None
-        finally:
-            response.close()
-            response.release_conn()
 
     def _copy_all(
-        self, job_id: str, sources: list[_Source], metadata: Mapping[str, str], deadline: float | None
+        self, prefix: str, sources: list[_Source], metadata: Mapping[str, str], deadline: float | None
     ) -> dict[_Source, CopiedObject]:
         workers = min(self._concurrency, len(sources))
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="image-copy") as pool:
             futures: dict[Future[CopiedObject], _Source] = {}
             for source in sources:
-                stem = f"{job_id}/{source.index}{'-watermark' if source.watermark else ''}"
-                meta = {**metadata, "kling-image-index": str(source.index)}
+                stem = f"{prefix}/{source.number}{'-watermark' if source.watermark else ''}"
+                meta = {**metadata, "kling-image-index": str(source.kling_index)}
                 futures[pool.submit(self.copy, source.url, stem, meta, deadline)] = source
             _done, pending = wait(futures, return_when=FIRST_EXCEPTION)
             for future in pending:  # fail fast: what has not started will not start
@@ -209,11 +220,12 @@ class ImageCopier:
             part = bytearray(self._part_size)
             filled = 0
             while filled < self._part_size:
-                if deadline is not None and time.monotonic() > deadline:
-                    raise ImageCopyError.of(
-                        ErrorCode.COPY_TIMEOUT, f"not finished in time ({received + filled} bytes read)"
-                    )
-                chunk = response.read(min(READ_CHUNK, self._part_size - filled))
+                _check_deadline(deadline, received + filled)
+                try:
+                    chunk = response.read(min(READ_CHUNK, self._part_size - filled))
+                except urllib3.exceptions.HTTPError:
+                    _check_deadline(deadline, received + filled)  # the deadline's shutdown broke the read
+                    raise
                 if not chunk:
                     break
                 part[filled : filled + len(chunk)] = chunk
@@ -224,6 +236,7 @@ class ImageCopier:
                     )
             received += filled
             if filled < self._part_size:  # end of stream
+                _check_deadline(deadline, received)  # or the deadline's shutdown: never stored as the whole image
                 if declared is not None and received != declared:
                     raise ImageCopyError.of(
                         ErrorCode.DOWNLOAD_INCOMPLETE, f"received {received} of {declared} bytes (Content-Length)"
@@ -252,6 +265,13 @@ def _combined(failures: list[tuple[_Source, JobError]]) -> JobError:
     )
 
 
+def _check_deadline(deadline: float | None, read: int) -> None:
+    """COPY_TIMEOUT once the deadline has passed. GuardedHttp shuts the socket down exactly then, so a read that
+    failed, or a body that ended, after it may have been cut short by it."""
+    if deadline is not None and time.monotonic() >= deadline:
+        raise ImageCopyError.of(ErrorCode.COPY_TIMEOUT, f"not finished in time ({read} bytes read)")
+
+
 def _content_length(response: urllib3.BaseHTTPResponse) -> int | None:
     raw = response.headers.get("Content-Length")
     if raw is None:
@@ -261,6 +281,19 @@ def _content_length(response: urllib3.BaseHTTPResponse) -> int | None:
     except ValueError:
         raise ImageCopyError.of(ErrorCode.DOWNLOAD_FAILED, f"invalid Content-Length {raw[:40]!r}") from None
     return value if value >= 0 else None
+
+
+def _key_segment(task_id: str) -> str:
+    """`task_id` as one key segment: the same every time, and different for different ids.
+
+    Kling's ids ([0-9A-Za-z_-]) stay as they are. Any other character of a relay's id is percent-encoded (its
+    UTF-8 bytes), `%` included, so no two ids meet: a `/` would add a level, and `.`/`..` segments are
+    rewritten by some clients. An id that is still too long for a key is replaced by its SHA-256.
+    """
+    segment = "".join(char if char in _KEY_SAFE else "".join(f"%{b:02X}" for b in char.encode()) for char in task_id)
+    if len(segment) > MAX_TASK_SEGMENT:
+        return "sha256-" + hashlib.sha256(task_id.encode()).hexdigest()
+    return segment
 
 
 def _host_of(url: str) -> str:

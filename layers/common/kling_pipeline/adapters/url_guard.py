@@ -3,21 +3,25 @@
 Image URLs come from Kling (or a relay), so they are untrusted input: a URL pointing at the instance metadata
 service or at something inside the VPC must not be fetched (SSRF). Every hop is checked, and the connection
 goes to the very address that was checked, so a DNS answer that changes between check and connect (DNS
-rebinding) cannot slip an internal address in.
+rebinding) cannot slip an internal address in. A host is untrusted in time too: a fetch given a deadline
+ends at it, whatever the host sends or does not send.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import socket
 import threading
+import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit
 
 import certifi
 import urllib3
+from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.exceptions import HTTPError as Urllib3Error
 
 from kling_pipeline.contract.errors import ErrorCode
@@ -209,6 +213,91 @@ class UrlGuard:
         return resolved
 
 
+class _Cutoff:
+    """Shuts the sockets of one fetch down once its deadline passes.
+
+    Socket timeouts bound each read, not their sum: a host sending a byte every half second (in the headers or
+    the body) would hold a fetch, and the worker reading it, as long as it liked. A shutdown wakes a read that
+    is blocked in another thread at once; the read then fails or sees the stream end.
+    """
+
+    def __init__(self, deadline: float) -> None:
+        self._deadline = deadline
+        self._lock = threading.Lock()
+        self._sockets: list[socket.socket] = []
+        self._fired = False
+        self._ended = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="fetch-deadline", daemon=True)
+        self._thread.start()
+
+    def watch(self, sock: socket.socket | None) -> None:
+        if sock is None:
+            return
+        with self._lock:
+            if self._fired:  # connected while the deadline passed: cut at once
+                _shut_down(sock)
+            elif not self._ended.is_set():
+                self._sockets.append(sock)
+
+    def end(self) -> None:
+        """Stop watching. Once this returns no socket is touched: a connection may go back to its pool and serve
+        another fetch."""
+        with self._lock:
+            self._ended.set()
+            self._sockets.clear()
+        self._thread.join()
+
+    def _run(self) -> None:
+        # Fire only once time.monotonic() has reached the deadline, so a reader whose deadline has not passed
+        # knows its stream was not cut.
+        while (left := self._deadline - time.monotonic()) > 0:
+            if self._ended.wait(left):
+                return
+        with self._lock:
+            if self._ended.is_set():
+                return
+            self._fired = True
+            for sock in self._sockets:
+                _shut_down(sock)
+
+
+def _shut_down(sock: socket.socket) -> None:
+    # socket.socket's shutdown, not SSLSocket's: that one drops the TLS state under a reader in another thread.
+    with contextlib.suppress(OSError):  # already closed
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+
+_opening = threading.local()  # .cutoff: the _Cutoff of the fetch this thread is opening, if it has a deadline
+
+
+def _watch_current(sock: socket.socket | None) -> None:
+    cutoff: _Cutoff | None = getattr(_opening, "cutoff", None)
+    if cutoff is not None:
+        cutoff.watch(sock)
+
+
+# The pool picks the connection inside urlopen; it hands its socket to the fetch's _Cutoff just before waiting
+# for the status line, the first wait a host can drag out byte by byte (a connect is bounded by its timeout).
+class _WatchedHTTPConnection(HTTPConnection):
+    def getresponse(self) -> urllib3.HTTPResponse:  # type: ignore[override]  # as urllib3's own override
+        _watch_current(self.sock)
+        return super().getresponse()
+
+
+class _WatchedHTTPSConnection(HTTPSConnection):
+    def getresponse(self) -> urllib3.HTTPResponse:  # type: ignore[override]  # as urllib3's own override
+        _watch_current(self.sock)
+        return super().getresponse()
+
+
+class _HttpPool(urllib3.HTTPConnectionPool):
+    ConnectionCls = _WatchedHTTPConnection
+
+
+class _HttpsPool(urllib3.HTTPSConnectionPool):
+    ConnectionCls = _WatchedHTTPSConnection
+
+
 class GuardedHttp:
     """GETs untrusted URLs through a UrlGuard, following redirects itself (each hop re-checked)."""
 
@@ -223,7 +312,8 @@ class GuardedHttp:
         max_pools: int = MAX_POOLS,
     ) -> None:
         self._guard = guard
-        self._timeout = urllib3.Timeout(connect=connect_timeout, read=read_timeout)
+        self._connect_timeout = connect_timeout
+        self._read_timeout = read_timeout
         self._max_redirects = max_redirects
         self._pool_size = pool_size
         # Least recently used first; a long-lived container meets many CDN addresses, so the oldest pool is
@@ -232,11 +322,42 @@ class GuardedHttp:
         self._max_pools = max_pools
         self._lock = threading.Lock()
 
+    @contextlib.contextmanager
+    def fetch(self, url: str, *, deadline: float | None = None) -> Iterator[urllib3.BaseHTTPResponse]:
+        """A 2xx response to stream inside the block; closed (and its connection released) after it.
+
+        With `deadline` (a time.monotonic() value) nothing the host does keeps the caller past it: each connect
+        and socket read waits at most the time left, and the fetch's socket is shut down the moment it passes,
+        which ends a read in progress with an error or with what looks like the end of the body. So a body that
+        ends once the deadline has passed may be cut short and must not be trusted. No answer in time is
+        FetchError(COPY_TIMEOUT).
+        """
+        cutoff = None if deadline is None else _Cutoff(deadline)
+        response = None
+        try:
+            response = self._open(url, deadline, cutoff)
+            yield response
+        finally:
+            if cutoff is not None:
+                cutoff.end()  # before the connection is released: it may serve another fetch next
+            if response is not None:
+                _discard(response)
+
     def open(self, url: str) -> urllib3.BaseHTTPResponse:
-        """A 2xx response whose body is not read yet (stream it, then `release_conn()`)."""
+        """A 2xx response whose body is not read yet (stream it, then `release_conn()`); no deadline."""
+        return self._open(url, None, None)
+
+    def _open(self, url: str, deadline: float | None, cutoff: _Cutoff | None) -> urllib3.BaseHTTPResponse:
+        _opening.cutoff = cutoff
+        try:
+            return self._follow(url, deadline)
+        finally:
+            _opening.cutoff = None
+
+    def _follow(self, url: str, deadline: float | None) -> urllib3.BaseHTTPResponse:
         for _hop in range(self._max_redirects + 1):
             destination = self._guard.check(url)
-            response = self._get(destination)
+            response = self._get(destination, deadline)
             if response.status not in REDIRECT_STATUSES:
                 if 200 <= response.status < 300:
                     return response
@@ -269,7 +390,8 @@ class GuardedHttp:
         for pool in pools:
             pool.close()
 
-    def _get(self, destination: Destination) -> urllib3.BaseHTTPResponse:
+    def _get(self, destination: Destination, deadline: float | None) -> urllib3.BaseHTTPResponse:
+        timeout = self._timeout(destination, deadline)
         try:
             return self._pool(destination).urlopen(
                 "GET",
@@ -285,12 +407,30 @@ class GuardedHttp:
                 preload_content=False,
                 decode_content=False,
                 assert_same_host=False,
-                timeout=self._timeout,
+                timeout=timeout,
             )
         except Urllib3Error as exc:
+            if deadline is not None and time.monotonic() >= deadline:  # timed out at, or cut by, the deadline
+                raise FetchError(
+                    ErrorCode.COPY_TIMEOUT,
+                    f"GET {_short(destination.url)}: no response before the deadline",
+                    url=_short(destination.url),
+                ) from None
             raise FetchError(
                 ErrorCode.NETWORK_ERROR, f"GET {_short(destination.url)}: {exc}", url=_short(destination.url)
             ) from None
+
+    def _timeout(self, destination: Destination, deadline: float | None) -> urllib3.Timeout:
+        if deadline is None:
+            return urllib3.Timeout(connect=self._connect_timeout, read=self._read_timeout)
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise FetchError(
+                ErrorCode.COPY_TIMEOUT,
+                f"GET {_short(destination.url)}: the deadline passed before the request",
+                url=_short(destination.url),
+            )
+        return urllib3.Timeout(connect=min(self._connect_timeout, left), read=min(self._read_timeout, left))
 
     def _pool(self, destination: Destination) -> urllib3.HTTPConnectionPool:
         key = (destination.scheme, destination.address, destination.port, destination.host)
@@ -309,7 +449,7 @@ class GuardedHttp:
     def _new_pool(self, destination: Destination) -> urllib3.HTTPConnectionPool:
         # Connect to the checked address; TLS still verifies the certificate against the host name.
         if destination.scheme == "https":
-            return urllib3.HTTPSConnectionPool(
+            return _HttpsPool(
                 destination.address,
                 destination.port,
                 maxsize=self._pool_size,
@@ -319,7 +459,7 @@ class GuardedHttp:
                 cert_reqs="CERT_REQUIRED",
                 ca_certs=certifi.where(),
             )
-        return urllib3.HTTPConnectionPool(destination.address, destination.port, maxsize=self._pool_size, block=False)
+        return _HttpPool(destination.address, destination.port, maxsize=self._pool_size, block=False)
 
 
 def _normalise_host(host: str) -> str:
