@@ -30,16 +30,21 @@ from kling_pipeline.contract.record import (
     JobRecord,
     StoredImage,
 )
-from kling_pipeline.contract.status import JobStatus
+from kling_pipeline.contract.status import NOT_SUBMITTED, JobStatus
 from kling_pipeline.kling.errors import NOT_FOUND_CODE, KlingPermanentError
 from kling_pipeline.kling.task import KlingTask
 from kling_pipeline.ports import (
+    Ask,
+    BudgetState,
     CopyResult,
     DeadLetter,
+    Denied,
     ImageCopyError,
     ImageUnavailableError,
     Move,
     ObjectRef,
+    Reservation,
+    SlotState,
     Source,
     StoredObject,
 )
@@ -162,6 +167,15 @@ class MemoryRecords:
         removals = _checked(dict.fromkeys(remove))
         return self.conditional_update(job_id, lambda record: record.status is expected_status, changes, removals)
 
+    def held_slots(self) -> dict[str, int]:
+        held: dict[str, int] = {}
+        with self._lock:
+            for record in self.items.values():
+                if record.slots_held is not None and (not record.status.is_final or record.event_pending):
+                    model = record.slots_model or "unknown"
+                    held[model] = held.get(model, 0) + record.slots_held
+        return held
+
     def open_jobs(self, *, updated_before: str | None = None, limit: int = 100) -> Iterator[JobRecord]:
         with self._lock:
             found = [
@@ -246,6 +260,122 @@ class MemoryLeases:
         self.records.conditional_update(
             job_id, lambda record: record.submit_lease_owner == owner, sets, list(LEASE_ATTRIBUTES), touch=False
         )
+
+
+class MemoryLedger:
+    """The AccountLedger port on a MemoryRecords, as DynamoAccountLedger: a reservation is taken together with
+    its record on the job (held by the asker's lease), a release exactly once, guarded on the job record."""
+
+    def __init__(self, records: MemoryRecords) -> None:
+        self.records = records
+        self.slot_states: dict[str, SlotState] = {}
+        self.budgets: dict[str, BudgetState] = {}
+        self._lock = threading.RLock()
+
+    def reserve(self, ask: Ask, *, limit: int, budget: float, claimer: bool, force: bool, now_ms: int) -> Reservation:
+        with self._lock:
+            slots = self.slot_states.get(ask.model) or SlotState(ask.model, limit, limit, limit, limit)
+            day = self.budgets.get(ask.day) or BudgetState(ask.day, budget, 0.0, 0.0)
+            if ask.slots and not force:
+                claim_live = slots.claim_job is not None and slots.claim_until_ms >= now_ms
+                room = slots.free if claimer else (slots.spare if claim_live else slots.free)
+                if (claimer and slots.claim_job != ask.job_id) or room < ask.slots or slots.free < ask.slots:
+                    return Reservation(False, Denied.SLOTS, slots=slots, budget=day)
+            if ask.units and not force and day.reserved + ask.units > budget:
+                return Reservation(False, Denied.BUDGET, slots=slots, budget=day)
+            record = self.records.items.get(ask.job_id)
+            if (
+                record is None
+                or record.status not in NOT_SUBMITTED
+                or record.submit_lease_owner != ask.lease_owner
+                or record.slots_held is not None
+                or record.units_estimate is not None
+            ):
+                return Reservation(False, Denied.JOB, slots=slots, budget=day)
+            changes: dict[str, Any] = {}
+            if ask.slots:
+                back = slots.claim_slots if claimer else 0
+                slots = dataclasses.replace(
+                    slots,
+                    free=slots.free - ask.slots,
+                    spare=slots.spare - ask.slots + back,
+                    claim_job=None if claimer else slots.claim_job,
+                    claim_slots=0 if claimer else slots.claim_slots,
+                    claim_until_ms=0 if claimer else slots.claim_until_ms,
+                    version=slots.version + 1,
+                    changed_at_ms=now_ms,
+                )
+                self.slot_states[ask.model] = slots
+                changes.update(slots_held=ask.slots, slots_model=ask.model)
+            if ask.units:
+                self.budgets[ask.day] = dataclasses.replace(day, budget=budget, reserved=day.reserved + ask.units)
+                changes.update(units_estimate=ask.units, units_day=ask.day)
+            self.records.items[ask.job_id] = record.model_copy(update=changes)
+            return Reservation(True, slots=self.slot_states.get(ask.model))
+
+    def release(self, record: JobRecord) -> bool:
+        with self._lock:
+            stored = self.records.items.get(record.job_id)
+            if stored is None or (stored.slots_held is None and stored.units_estimate is None):
+                return False
+            if stored.slots_held is not None:
+                model = stored.slots_model or "unknown"
+                state = self.slot_states[model]
+                self.slot_states[model] = dataclasses.replace(
+                    state, free=state.free + stored.slots_held, spare=state.spare + stored.slots_held
+                )
+            if stored.units_estimate is not None and stored.units_day is not None:
+                day = self.budgets[stored.units_day]
+                actual = stored.units or 0.0
+                self.budgets[stored.units_day] = dataclasses.replace(
+                    day, reserved=day.reserved + actual - stored.units_estimate, spent=day.spent + actual
+                )
+            self.records.items[record.job_id] = stored.model_copy(
+                update={"slots_held": None, "slots_model": None, "units_estimate": None, "units_day": None}
+            )
+            return True
+
+    def slots(self, model: str) -> SlotState | None:
+        return self.slot_states.get(model)
+
+    def budget(self, day: str) -> BudgetState | None:
+        return self.budgets.get(day)
+
+    def claim(self, model: str, job_id: str, slots: int, *, until_ms: int, seen: SlotState) -> bool:
+        return self._change(
+            seen,
+            claim_job=job_id,
+            claim_slots=slots,
+            claim_until_ms=until_ms,
+            spare=seen.spare + seen.claim_slots - slots,
+        )
+
+    def set_effective(self, model: str, effective: int, *, cooldown_until_ms: int, seen: SlotState) -> bool:
+        delta = effective - seen.effective
+        return self._change(
+            seen,
+            effective=effective,
+            free=seen.free + delta,
+            spare=seen.spare + delta,
+            cooldown_until_ms=cooldown_until_ms,
+        )
+
+    def repair(self, model: str, held: int, *, limit: int, seen: SlotState) -> int:
+        effective = limit if seen.effective >= seen.limit else min(seen.effective, limit)
+        live = seen.claim_slots if seen.claim_job else 0
+        drift = seen.in_use - held
+        changed = self._change(
+            seen, free=effective - held, spare=effective - held - live, effective=effective, limit=limit
+        )
+        return drift if changed else 0
+
+    def _change(self, seen: SlotState, **fields: Any) -> bool:
+        with self._lock:
+            current = self.slot_states.get(seen.model)
+            if current is None or current.version != seen.version:
+                return False
+            self.slot_states[seen.model] = dataclasses.replace(current, version=current.version + 1, **fields)
+            return True
 
 
 # -- Kling ---------------------------------------------------------------------------------------------------------

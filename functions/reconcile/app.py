@@ -50,6 +50,17 @@ def lambda_handler(event: EventBridgeEvent, context: LambdaContext) -> dict[str,
     return summary
 
 
+# RunReport.governor's keys -> metric names (DailyBudgetUsedPercent has an alarm at 80).
+GOVERNOR_METRICS = {
+    "slots_in_use": "SlotsInUse",
+    "effective_limit": "EffectiveConcurrencyLimit",
+    "slot_drift_repaired": "SlotDriftRepaired",
+    "units_spent_today": "UnitsSpentToday",
+    "units_reserved_today": "UnitsReservedToday",
+    "budget_used_percent": "DailyBudgetUsedPercent",
+}
+
+
 def publish_metrics(report: RunReport) -> None:
     """One run's counts (template.yaml's alarms watch some of them: ReconcileJobErrors, ReconcileError, ...)."""
     metrics.add_metric(name="OpenJobsExamined", unit=MetricUnit.Count, value=report.examined)
@@ -63,3 +74,5 @@ def publish_metrics(report: RunReport) -> None:
         metrics.add_metric(name="ReconcileRunErrors", unit=MetricUnit.Count, value=len(report.errors))
     if report.job_errors:  # swallowed so the other jobs get their turn: this metric is how anyone learns of them
         metrics.add_metric(name="ReconcileJobErrors", unit=MetricUnit.Count, value=report.job_errors)
+    for name, value in report.governor.items():  # the Kling account, as the governor sees it after the run
+        metrics.add_metric(name=GOVERNOR_METRICS[name], unit=MetricUnit.Count, value=value)

@@ -34,6 +34,8 @@ METRIC_NAMES = {
     OutcomeKind.GAVE_UP: "JobsFailed",
     OutcomeKind.DUPLICATE: "DuplicateDeliveries",
     OutcomeKind.ALREADY_FAILED: "DeliveriesOfFailedJobs",
+    OutcomeKind.WAITING: "JobsWaitingForSlots",
+    OutcomeKind.DEFERRED: "JobsWaitingForBudget",
     OutcomeKind.BUSY: "DuplicateDeliveries",
 }
 
@@ -49,13 +51,15 @@ def runtime() -> SubmitRuntime:
 
 
 def queued_job(record: SQSRecord, lease_seconds: float) -> QueuedJob:
-    source = record.message_attributes["source"]
+    source, waits = record.message_attributes["source"], record.message_attributes["waits"]
+    waited = waits.string_value if waits is not None else None
     return QueuedJob(
         message_id=record.message_id,
         body=record.body,
         attempt=int(record.attributes.approximate_receive_count),
         source="s3" if source is not None and source.string_value == "s3" else "sqs",
         lease_seconds=lease_seconds,
+        waits=int(waited) if waited is not None and waited.isdigit() else 0,
     )
 
 

@@ -30,6 +30,7 @@ from tests.fakes import (
     FixedClock,
     MemoryBucket,
     MemoryDeadLetterQueue,
+    MemoryLedger,
     MemoryLeases,
     MemoryQueue,
     MemoryRecords,
@@ -41,6 +42,7 @@ from tests.fakes import (
 def test_each_fake_is_its_port() -> None:
     records: JobRecords = MemoryRecords()
     leases: SubmitLeases = MemoryLeases(MemoryRecords())
+    ledger: ports.AccountLedger = MemoryLedger(MemoryRecords())
     kling: KlingTasks = FakeKling()
     missing: ImageUrls = NoImages()
     present: ImageUrls = StaticImageUrls()
@@ -57,6 +59,7 @@ def test_each_fake_is_its_port() -> None:
     [
         (ports.JobRecords, MemoryRecords),
         (ports.SubmitLeases, MemoryLeases),
+        (ports.AccountLedger, MemoryLedger),
         (ports.KlingTasks, FakeKling),
         (ports.ImageUrls, NoImages),
         (ports.ImageUrls, StaticImageUrls),

@@ -2,8 +2,9 @@
 
 - contract/   the shapes: pydantic, Pillow, standardwebhooks and other contract modules; no I/O libraries.
 - ports.py    contract and Kling's task/error values.
-- use cases   (submit/, ingest/, reconcile/, webhook/, progress.py): contract, ports, Kling's values, their own
-              folder and progress; never boto3, botocore, urllib3, requests, adapters, runtime or the Kling client.
+- use cases   (submit/, ingest/, reconcile/, webhook/, governor/, progress.py): contract, ports, Kling's values,
+              their own folder, progress and the governor (policies they share); never boto3, botocore, urllib3,
+              requests, adapters, runtime or the Kling client.
 - kling/      the Kling client: its own modules only.
 - adapters/   anything but use cases and runtime.
 - runtime/    anything: the one place that reads the environment and builds objects.
@@ -24,7 +25,7 @@ FUNCTIONS = ROOT / "functions"
 STDLIB = frozenset(__import__("sys").stdlib_module_names) | {"__future__"}
 IO_LIBRARIES = ("boto3", "botocore", "urllib3", "requests", "certifi")
 CONTRACT_LIBRARIES = ("pydantic", "pydantic_core", "PIL", "standardwebhooks")
-USE_CASES = ("submit", "ingest", "reconcile", "webhook", "progress")
+USE_CASES = ("submit", "ingest", "reconcile", "webhook", "progress", "governor")
 KLING_VALUES = ("kling_pipeline.kling.task", "kling_pipeline.kling.errors")
 
 
@@ -58,7 +59,13 @@ def allowed(layer: str, module: str) -> bool:
     if layer.startswith("use_case:"):
         own = "kling_pipeline." + layer.split(":")[1]
         return top in ("pydantic", "pydantic_core", "aws_lambda_powertools") or under(
-            module, "kling_pipeline.contract", "kling_pipeline.ports", "kling_pipeline.progress", own, *KLING_VALUES
+            module,
+            "kling_pipeline.contract",
+            "kling_pipeline.ports",
+            "kling_pipeline.progress",
+            "kling_pipeline.governor",
+            own,
+            *KLING_VALUES,
         )
     if layer == "kling":
         return top in ("requests", "pydantic", "jwt") or under(module, "kling_pipeline.kling")

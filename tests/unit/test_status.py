@@ -32,6 +32,7 @@ def test_any_open_status_can_fail(status: JobStatus) -> None:
 def test_statuses_that_may_advance_to_copying() -> None:
     assert set(JobStatus.COPYING.statuses_that_may_advance_to()) == {
         JobStatus.PENDING,
+        JobStatus.DEFERRED,
         JobStatus.SUBMITTED,
         JobStatus.PROCESSING,
     }
@@ -39,3 +40,11 @@ def test_statuses_that_may_advance_to_copying() -> None:
 
 def test_kling_succeed_means_copying_first() -> None:
     assert KLING_STATUS_TO_JOB_STATUS["succeed"] is JobStatus.COPYING
+
+
+def test_a_deferred_job_is_submitted_later_but_never_pending_again() -> None:
+    assert JobStatus.PENDING.can_advance_to(JobStatus.DEFERRED)
+    assert JobStatus.DEFERRED.can_advance_to(JobStatus.SUBMITTED)
+    assert JobStatus.DEFERRED.can_advance_to(JobStatus.FAILED)
+    assert not JobStatus.DEFERRED.can_advance_to(JobStatus.PENDING)
+    assert not JobStatus.DEFERRED.is_final

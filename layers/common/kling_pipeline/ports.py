@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any, Literal, Protocol, TypedDict, Unpack
 
 from kling_pipeline.contract.errors import ErrorCode, JobError, RaisedJobError
@@ -51,6 +52,10 @@ class JobRecords(Protocol):
         self, job_id: str, *, expected_status: JobStatus, changes: Mapping[str, Any], remove: Iterable[str] = ()
     ) -> JobRecord | None:
         """Change attributes of a job that is still in `expected_status` (no status move)."""
+        ...
+
+    def held_slots(self) -> dict[str, int]:
+        """The concurrency slots the jobs on the open-jobs index hold, by model (the governor's truth)."""
         ...
 
     def open_jobs(self, *, updated_before: str | None = None, limit: int = 100) -> Iterator[JobRecord]:
@@ -211,3 +216,101 @@ class JobQueue(Protocol):
     def enqueue(self, job: Mapping[str, Any], *, source: Source) -> str:
         """Queue `job`; returns the message id."""
         ...
+
+
+# -- the Kling account governor ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SlotState:
+    """One model's concurrency slots as the ledger holds them.
+
+    `free` = `effective` - slots held; `spare` = `free` less what an active claim keeps for a waiting big job.
+    """
+
+    model: str
+    limit: int  # the configured KLING_CONCURRENCY_LIMIT
+    effective: int  # what the account is believed to give us now (lowered after a 1303, probed back up)
+    free: int
+    spare: int
+    claim_job: str | None = None
+    claim_slots: int = 0
+    claim_until_ms: int = 0
+    cooldown_until_ms: int = 0
+    version: int = 0  # every change increments it: a read-modify-write is conditional on it
+    changed_at_ms: int = 0
+
+    @property
+    def in_use(self) -> int:
+        return self.effective - self.free
+
+
+@dataclass(frozen=True)
+class BudgetState:
+    """One UTC day's unit budget: `reserved` counts every estimate not yet settled plus every settled actual."""
+
+    day: str
+    budget: float
+    reserved: float
+    spent: float
+
+
+@dataclass(frozen=True)
+class Ask:
+    """What one job needs of the account before its task is created (0: that resource is not governed)."""
+
+    job_id: str
+    lease_owner: str
+    model: str
+    slots: int
+    units: float
+    day: str
+
+
+class Denied(StrEnum):
+    SLOTS = "slots"
+    BUDGET = "budget"
+    JOB = "job"  # the job is no longer the asker's (lease lost, finished, already holding a reservation)
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """A ledger's answer: granted, or which condition refused it (with what it saw, to explain the wait)."""
+
+    granted: bool
+    denied: Denied | None = None
+    slots: SlotState | None = None
+    budget: BudgetState | None = None
+
+
+class AccountLedger(Protocol):
+    """The account's slots and units, changed atomically together with the job record that holds them."""
+
+    def reserve(self, ask: Ask, *, limit: int, budget: float, claimer: bool, force: bool, now_ms: int) -> Reservation:
+        """Take `ask.slots` (while `spare` allows, or `free` for the claim holder; `force`: a task that already
+        runs at Kling, so taken whatever is left) and `ask.units` of the day's budget, and record both on the
+        pending job whose lease `ask.lease_owner` holds: all or nothing."""
+        ...
+
+    def release(self, record: JobRecord) -> bool:
+        """Give back what `record` holds: its slots, and its unit estimate settled with `record.units` (Kling's
+        actual deduction; none: 0). Exactly once, guarded on the job record; False when nothing was held."""
+        ...
+
+    def slots(self, model: str) -> SlotState | None: ...
+
+    def claim(self, model: str, job_id: str, slots: int, *, until_ms: int, seen: SlotState) -> bool:
+        """Keep `slots` for `job_id` from others until `until_ms` (replacing a lapsed claim); False if `seen` is
+        out of date or another live claim exists."""
+        ...
+
+    def set_effective(self, model: str, effective: int, *, cooldown_until_ms: int, seen: SlotState) -> bool:
+        """Change the effective limit (free and spare move with it); False if `seen` is out of date."""
+        ...
+
+    def repair(self, model: str, held: int, *, limit: int, seen: SlotState) -> int:
+        """Make the ledger agree with `held`, the slots the open jobs really hold (and with a changed `limit`);
+        returns the drift corrected (0: none, or `seen` was out of date)."""
+        ...
+
+    def budget(self, day: str) -> BudgetState | None: ...

@@ -222,4 +222,15 @@ def _task_changes(task: KlingTask, *, final: bool = False) -> dict[str, Any]:
     # not made a condition (a clock quirk must not lose a `succeed`). Non-final reports use it as a condition.
     if final and task.updated_at is not None:
         changes["kling_updated_at"] = task.updated_at
+    units = deducted_units(task) if final else None
+    if units is not None:
+        changes["units"] = units  # what Kling charged: settles the job's budget estimate when it is final
     return changes
+
+
+def deducted_units(task: KlingTask) -> float | None:
+    """Kling's `final_unit_deduction` as a number (Kling sends it as a string), or None if absent or garbled."""
+    try:
+        return float(task.final_unit_deduction) if task.final_unit_deduction is not None else None
+    except ValueError:
+        return None

@@ -31,6 +31,8 @@ from kling_pipeline.contract.record import (
     LEASE_OWNER,
     LEASE_UNTIL,
     RETRY_AT,
+    SLOTS_HELD,
+    SLOTS_MODEL,
     SUBMIT_HOLD_ATTRIBUTES,
     JobRecord,
 )
@@ -78,14 +80,20 @@ def open_shard_for(job_id: str, shards: int = DEFAULT_OPEN_SHARDS) -> str:
     return shard_key(hashlib.sha256(job_id.encode()).digest()[0] % shards)
 
 
-def record_from_item(item: Mapping[str, Any]) -> JobRecord:
-    """A record from a low-level (typed: `{"S": ...}`) item."""
-    plain = {name: _deserializer.deserialize(value) for name, value in item.items()}
-    return JobRecord.model_validate(from_dynamo(plain))
+def plain_item(item: Mapping[str, Any]) -> dict[str, Any]:
+    """A low-level (typed: `{"S": ...}`) item as plain JSON-like values (numbers as int or float)."""
+    plain: dict[str, Any] = from_dynamo({name: _deserializer.deserialize(value) for name, value in item.items()})
+    return plain
 
 
-def _typed(values: Mapping[str, Any]) -> dict[str, Any]:
+def typed(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Plain values as the low-level client takes them."""
     return {name: _serializer.serialize(value) for name, value in to_dynamo(dict(values)).items()}
+
+
+def record_from_item(item: Mapping[str, Any]) -> JobRecord:
+    """A record from a low-level item."""
+    return JobRecord.model_validate(plain_item(item))
 
 
 @dataclass(frozen=True)
@@ -172,7 +180,7 @@ def conditional_update(
             UpdateExpression=update.expression,
             ConditionExpression=f"attribute_exists({KEY}) AND {condition.expression}",
             ExpressionAttributeNames={**update.names, **condition.names},
-            ExpressionAttributeValues=_typed({**update.values, **condition.values}),
+            ExpressionAttributeValues=typed({**update.values, **condition.values}),
             ReturnValues="ALL_NEW",
         )
     except ClientError as exc:
@@ -221,7 +229,7 @@ class DynamoJobRecords:
             item[OPEN_SHARD_ATTRIBUTE] = open_shard_for(record.job_id, self._open_shards)
         try:
             self._client.put_item(
-                TableName=self._table, Item=_typed(item), ConditionExpression=f"attribute_not_exists({KEY})"
+                TableName=self._table, Item=typed(item), ConditionExpression=f"attribute_not_exists({KEY})"
             )
         except ClientError as exc:
             if is_condition_failure(exc):
@@ -299,6 +307,33 @@ class DynamoJobRecords:
         ]
         yield from heapq.merge(*shards, key=lambda record: record.updated_at)
 
+    def held_slots(self) -> dict[str, int]:
+        held: dict[str, int] = {}
+        for shard in range(self._open_shards):
+            query: dict[str, Any] = {
+                "TableName": self._table,
+                "IndexName": OPEN_JOBS_INDEX,
+                "KeyConditionExpression": "#shard = :shard",
+                "FilterExpression": "attribute_exists(#held)",
+                "ProjectionExpression": "#held, #model",
+                "ExpressionAttributeNames": {
+                    "#shard": OPEN_SHARD_ATTRIBUTE,
+                    "#held": SLOTS_HELD,
+                    "#model": SLOTS_MODEL,
+                },
+                "ExpressionAttributeValues": typed({":shard": shard_key(shard)}),
+            }
+            while True:
+                page = self._client.query(**query)
+                for item in page.get("Items", []):
+                    plain = plain_item(item)
+                    model = str(plain.get(SLOTS_MODEL, "unknown"))
+                    held[model] = held.get(model, 0) + int(plain[SLOTS_HELD])
+                if "LastEvaluatedKey" not in page:
+                    break
+                query["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        return held
+
     def _scan_open(self, updated_before: str | None, limit: int) -> Iterator[JobRecord]:
         condition = "attribute_exists(#shard)" + (" AND #updated < :before" if updated_before else "")
         yield from self._pages("scan", {"FilterExpression": condition, **_open_filter(updated_before, {})}, limit)
@@ -364,8 +399,8 @@ class DynamoSubmitLeases:
 
     def take(self, job_id: str, lease: Lease) -> bool:
         free = Condition(
-            "#status = :pending AND (attribute_not_exists(#until) OR #until < :now)",
-            {":pending": JobStatus.PENDING.value, ":now": now_millis()},
+            "#status IN (:pending, :deferred) AND (attribute_not_exists(#until) OR #until < :now)",
+            {":pending": JobStatus.PENDING.value, ":deferred": JobStatus.DEFERRED.value, ":now": now_millis()},
             {"#status": "status", "#until": LEASE_UNTIL},
         )
         update = update_expression({LEASE_OWNER: lease.owner, LEASE_UNTIL: lease.until_ms}, [RETRY_AT])
@@ -392,7 +427,7 @@ def _open_filter(updated_before: str | None, values: dict[str, Any]) -> dict[str
         values = {**values, ":before": updated_before}
     filters: dict[str, Any] = {"ExpressionAttributeNames": names}
     if values:
-        filters["ExpressionAttributeValues"] = _typed(values)
+        filters["ExpressionAttributeValues"] = typed(values)
     return filters
 
 

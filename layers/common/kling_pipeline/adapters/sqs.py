@@ -56,8 +56,12 @@ def dead_letter_queue_url(sqs: Any, queue_url: str) -> str | None:
     return queue_url_from_arn(target) if isinstance(target, str) and target else None
 
 
+WAITS_ATTRIBUTE = "waits"
+
+
 class SqsVisibility:
-    """Hides a received message for a while: the delay before its next delivery."""
+    """When a received job message comes back: hidden for a while (a retry), or sent again as a new message (a
+    job waiting for Kling's slots: the new message starts with fresh receives)."""
 
     def __init__(self, sqs_client: Any) -> None:
         self._sqs = sqs_client
@@ -72,6 +76,18 @@ class SqsVisibility:
             logger.warning("could not delay the message's next delivery: %s", exc)
             return False
         return True
+
+    def send_again(self, queue_arn: str, body: str, *, source: Source, waits: int, delay_seconds: int) -> None:
+        """The job on the queue once more, after `delay_seconds` (at most SQS's 900), counting its waits."""
+        self._sqs.send_message(
+            QueueUrl=queue_url_from_arn(queue_arn),
+            MessageBody=body,
+            DelaySeconds=max(0, min(900, delay_seconds)),
+            MessageAttributes={
+                SOURCE_ATTRIBUTE: {"DataType": "String", "StringValue": source},
+                WAITS_ATTRIBUTE: {"DataType": "Number", "StringValue": str(waits)},
+            },
+        )
 
 
 # Received but not handled (an error): hidden this long, so the next scheduled run sees it again.

@@ -23,6 +23,7 @@ class ErrorCode(StrEnum):
     RESULT_URL_EXPIRED = "result_url_expired"
     DEAD_LETTERED = "dead_lettered"
     TIMED_OUT = "timed_out"
+    BUDGET_EXHAUSTED = "budget_exhausted"
     # A `copying` job's `copy_error`: why its last image copy failed (it is retried).
     KLING_QUERY_FAILED = "kling_query_failed"
     KLING_STATUS_DISAGREES = "kling_status_disagrees"

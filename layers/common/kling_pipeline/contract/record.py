@@ -18,6 +18,8 @@ EVENT_PENDING = "event_pending"
 LEASE_OWNER = "submit_lease_owner"
 LEASE_UNTIL = "submit_lease_until"  # Unix milliseconds
 RETRY_AT = "submit_retry_at"  # Unix milliseconds
+SLOTS_HELD, SLOTS_MODEL = "slots_held", "slots_model"
+UNITS_ESTIMATE, UNITS_DAY = "units_estimate", "units_day"
 LEASE_ATTRIBUTES = (LEASE_OWNER, LEASE_UNTIL)
 # Everything that says a submit delivery holds a pending job; removed when the job leaves `pending`.
 SUBMIT_HOLD_ATTRIBUTES = (*LEASE_ATTRIBUTES, RETRY_AT)
@@ -65,6 +67,18 @@ class JobRecord(BaseModel):
     # While `pending` between deliveries: when the delivery that Kling told to come back later is due again.
     submit_retry_at: int | None = None
     reconciled_at: str | None = None  # the reconciler's last check that changed nothing
+    # The Kling account governor (governor/): what the job holds of the account's concurrency slots and of the
+    # day's unit budget, each given back exactly once when its task ends; and Kling's actual deduction.
+    slots_held: int | None = None
+    slots_model: str | None = None
+    units_estimate: float | None = None
+    units_day: str | None = None  # the UTC day (YYYY-MM-DD) whose budget the estimate was reserved against
+    units: float | None = None  # Kling's final_unit_deduction for the job's task
+    # Why a job that is not at Kling yet is waiting (slots, budget), how often it waited, until when.
+    wait_reason: str | None = None
+    waits: int | None = None
+    deferred_until: str | None = None  # ISO 8601: when a deferred job's budget opens (the next UTC day)
+    queued_body: str | None = None  # a deferred job's message body, sent again when its budget opens
     # Once final: true until the job's `Job Succeeded`/`Job Failed` event is published (the outbox).
     event_pending: bool | None = None
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 from datetime import timedelta
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -138,6 +138,27 @@ class SubmitOptions(BaseModel):
         return self
 
 
+class GovernorOptions(BaseModel):
+    """The Kling account governor (docs/governor.md): the account's concurrency slots and daily unit budget,
+    reserved before Kling is called. Both 0 (the default): no governor, today's behaviour."""
+
+    kling_concurrency_limit: int = Field(default=0, ge=0, le=100_000)  # slots; 0: no slot governor
+    kling_daily_unit_budget: float = Field(default=0, ge=0)  # units per UTC day; 0: unlimited
+    kling_budget_action: Literal["defer", "fail"] = "defer"
+    # How long a job waits for slots: growing with the shortage and with how often it waited, at most this.
+    governor_wait_base_seconds: float = Field(default=2.0, gt=0, le=900)
+    governor_wait_max_seconds: int = Field(default=30, ge=1, le=900)  # SQS's longest message delay
+    # Fairness: after this many waits a job claims the slots it needs; others stop taking them meanwhile.
+    governor_claim_after_waits: int = Field(default=3, ge=1, le=1000)
+    governor_claim_seconds: float = Field(default=300.0, gt=0, le=3600)  # a claim not renewed this long lapses
+    # A 1303 despite a reservation lowers the effective limit for this long, then it is probed back up.
+    governor_cooldown_seconds: float = Field(default=60.0, ge=0, le=86400)
+
+    @property
+    def governs(self) -> bool:
+        return self.kling_concurrency_limit > 0 or self.kling_daily_unit_budget > 0
+
+
 class ReconcileOptions(BaseModel):
     """The reconciler's thresholds and per-run limits."""
 
@@ -163,7 +184,7 @@ class ReconcileOptions(BaseModel):
         return timedelta(seconds=self.reconcile_max_job_age_seconds)
 
 
-class SubmitEnvironment(FunctionEnvironment, KlingAccess, WebhookSecretSource, SubmitOptions):
+class SubmitEnvironment(FunctionEnvironment, KlingAccess, WebhookSecretSource, SubmitOptions, GovernorOptions):
     webhook_base_url: str
 
     @field_validator("webhook_base_url")
@@ -202,7 +223,7 @@ class IngestEnvironment(FunctionEnvironment):
     input_bucket: str
 
 
-class ReconcileEnvironment(FunctionEnvironment, KlingAccess, ImageCopyOptions, ReconcileOptions):
+class ReconcileEnvironment(FunctionEnvironment, KlingAccess, ImageCopyOptions, ReconcileOptions, GovernorOptions):
     images_bucket: str
     jobs_queue_url: str | None = None
     jobs_dlq_url: str | None = None  # default: the redrive target of JOBS_QUEUE_URL

@@ -7,6 +7,7 @@ from enum import StrEnum
 
 class JobStatus(StrEnum):
     PENDING = "pending"
+    DEFERRED = "deferred"  # waiting for the next UTC day's unit budget; re-queued then (not final)
     SUBMITTED = "submitted"
     PROCESSING = "processing"
     COPYING = "copying"
@@ -37,14 +38,19 @@ class JobStatus(StrEnum):
 FINAL_STATUSES = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED})
 OPEN_STATUSES = frozenset(set(JobStatus) - FINAL_STATUSES)
 
+# `deferred` sits between `pending` and `submitted`: a deferred job is submitted when its budget opens, and a
+# deferred job is never pending again (the same delivery rules apply to both, see submit/submission.py).
 _RANK = {
     JobStatus.PENDING: 0,
-    JobStatus.SUBMITTED: 1,
-    JobStatus.PROCESSING: 2,
-    JobStatus.COPYING: 3,
-    JobStatus.SUCCEEDED: 4,
-    JobStatus.FAILED: 5,
+    JobStatus.DEFERRED: 1,
+    JobStatus.SUBMITTED: 2,
+    JobStatus.PROCESSING: 3,
+    JobStatus.COPYING: 4,
+    JobStatus.SUCCEEDED: 5,
+    JobStatus.FAILED: 6,
 }
+# Not yet at Kling: a submit delivery (holding the job's lease) may create the task.
+NOT_SUBMITTED = frozenset({JobStatus.PENDING, JobStatus.DEFERRED})
 
 # Kling's task_status -> the job status it implies.
 KLING_STATUS_TO_JOB_STATUS = {

@@ -26,6 +26,7 @@ class Step(StrEnum):
     LOOK_UP = "look_up"  # pending: does Kling have a task with our external_task_id?
     QUERY = "query"  # submitted / processing: Kling's word on the task
     RETRY_COPY = "retry_copy"  # copying: read the task and copy its images again
+    REQUEUE = "requeue"  # deferred: the next day's budget is open, the job goes back on the jobs queue
 
 
 def next_step(job: JobRecord, now: datetime, options: ReconcileOptions, *, lease_seconds_left: float = 0.0) -> Step:
@@ -36,6 +37,9 @@ def next_step(job: JobRecord, now: datetime, options: ReconcileOptions, *, lease
     """
     if job.status.is_final:
         return Step.WAIT
+    if job.status is JobStatus.DEFERRED:  # waiting on purpose: never timed out, due when its budget opens
+        opens = parse_timestamp(job.deferred_until)
+        return Step.REQUEUE if opens is not None and now >= opens else Step.WAIT
     if job.status is JobStatus.PENDING:
         if lease_seconds_left > 0:  # a submit delivery is talking to Kling for it, or will again soon
             return Step.WAIT

@@ -26,13 +26,16 @@ from aws_lambda_powertools import Logger
 
 from kling_pipeline.contract.clock import iso_timestamp, utc_now
 from kling_pipeline.contract.errors import JobError
+from kling_pipeline.contract.job import DEFAULT_MODEL_NAME
+from kling_pipeline.contract.json_text import json_object_or_none
 from kling_pipeline.contract.lease import held_until_ms
 from kling_pipeline.contract.record import COPY_ERROR, RECONCILED_AT, JobRecord
 from kling_pipeline.contract.settings import ReconcileOptions
 from kling_pipeline.contract.status import JobStatus
+from kling_pipeline.governor.governor import Governor
 from kling_pipeline.kling.errors import KlingError
 from kling_pipeline.kling.task import KlingTask
-from kling_pipeline.ports import JobRecords, KlingTasks
+from kling_pipeline.ports import JobQueue, JobRecords, KlingTasks
 from kling_pipeline.progress import JobProgress, Outcome, ProgressResult, TaskMismatchError
 from kling_pipeline.reconcile.dead_letters import DeadLetterOutcome, DeadLetterSweeper
 from kling_pipeline.reconcile.policy import (
@@ -59,6 +62,7 @@ class JobOutcome(StrEnum):
     ERROR = "error"  # Kling could not be asked, or answered about another task; retried next time
     DEFERRED = "deferred"  # the run's time was up before this job's turn
     ANNOUNCED = "announced"  # a final job's event that had failed to go out was published
+    REQUEUED = "requeued"  # a deferred job went back on the jobs queue: its day's budget opened
 
 
 @dataclass(frozen=True)
@@ -79,6 +83,7 @@ class RunReport:
     out_of_time: bool = False
     elapsed_seconds: float = 0.0
     errors: list[str] = field(default_factory=list)  # failures of the run itself (not of one job)
+    governor: dict[str, float] = field(default_factory=dict)  # the account's state after the run (metrics)
     # Jobs whose reconcile raised (a bug, an AWS call refused): counted in jobs[ERROR] too, but published on
     # their own, because the run goes on and succeeds, and Kling's passing errors must not hide them.
     job_errors: int = 0
@@ -92,6 +97,7 @@ class RunReport:
             "elapsed_seconds": round(self.elapsed_seconds, 3),
             "errors": list(self.errors),
             "job_errors": self.job_errors,
+            **({"governor": dict(self.governor)} if self.governor else {}),
         }
 
 
@@ -105,12 +111,15 @@ class JobReconciler:
         progress: JobProgress,
         options: ReconcileOptions,
         *,
+        queue: JobQueue | None = None,
         clock: Callable[[], datetime] = utc_now,
     ) -> None:
+        """`queue`: the jobs queue, where deferred jobs go back when their budget opens."""
         self._store = store
         self._kling = kling
         self._progress = progress
         self._options = options
+        self._queue = queue
         self._clock = clock
 
     def reconcile(self, job: JobRecord, *, deadline: float | None = None) -> JobReport:
@@ -123,6 +132,8 @@ class JobReconciler:
         step = next_step(job, now, self._options, lease_seconds_left=held_for)
         if step is Step.WAIT:
             return JobReport(job.job_id, JobOutcome.WAITING)
+        if step is Step.REQUEUE:
+            return self._requeue(job, now)
         try:
             task = self._read_task(job, step)
         except KlingError as exc:
@@ -136,6 +147,21 @@ class JobReconciler:
         except KlingError as exc:  # a progress step that asks Kling again
             return self._no_progress(job, now, JobOutcome.ERROR, f"Kling could not be asked: {exc}")
         return self._after(job, now, task, result)
+
+    def _requeue(self, job: JobRecord, now: datetime) -> JobReport:
+        """The day's budget opened: the deferred job's message goes back on the jobs queue (submit reserves the
+        new day's budget, or defers it again). Deferred longest ago goes first: the index is quietest first."""
+        body = json_object_or_none(job.queued_body or "")
+        if self._queue is None or body is None:
+            return JobReport(job.job_id, JobOutcome.WAITING, "deferred, but nothing to send it again with")
+        self._queue.enqueue(body, source=job.source)
+        self._store.update_open(
+            job.job_id,
+            expected_status=JobStatus.DEFERRED,
+            changes={"wait_reason": f"re-queued at {iso_timestamp(now)}: the day's unit budget opened"},
+            remove=["deferred_until"],
+        )
+        return JobReport(job.job_id, JobOutcome.REQUEUED)
 
     def _read_task(self, job: JobRecord, step: Step) -> KlingTask | None:
         if step is Step.LOOK_UP or job.kling_task_id is None:
@@ -196,11 +222,13 @@ class Reconciler:
         options: ReconcileOptions,
         *,
         dead_letters: DeadLetterSweeper | None = None,
+        governor: Governor | None = None,
         clock: Callable[[], datetime] = utc_now,
     ) -> None:
         self._store = store
         self._options = options
         self._dead_letters = dead_letters
+        self._governor = governor if governor is not None and governor.governs else None
         self._clock = clock
         self._job_reconciler = job_reconciler
         self._executor = ThreadPoolExecutor(max_workers=options.reconcile_concurrency, thread_name_prefix="reconcile")
@@ -216,6 +244,8 @@ class Reconciler:
                 # SQS trouble must not keep the open jobs waiting; the run still reports failure at the end.
                 logger.exception("the dead-letter sweep failed; open jobs are reconciled anyway")
                 report.errors.append(f"dead-letter sweep: {type(exc).__name__}: {exc}")
+        if self._governor is not None:
+            report.governor = self._govern(self._governor)
         cutoff = open_jobs_cutoff(self._clock(), self._options)
         jobs = list(self._store.open_jobs(updated_before=cutoff, limit=self._options.reconcile_max_jobs_per_run))
         report.examined = len(jobs)
@@ -228,6 +258,23 @@ class Reconciler:
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)
+
+    def _govern(self, governor: Governor) -> dict[str, float]:
+        """Repair the slot ledger from what open jobs really hold; the account's state, for the metrics."""
+        held = self._store.held_slots()
+        drift = governor.repair(held, [DEFAULT_MODEL_NAME])
+        state: dict[str, float] = {"slot_drift_repaired": float(sum(abs(d) for d in drift.values()))}
+        slots = governor.state(DEFAULT_MODEL_NAME)
+        if slots is not None:
+            state.update(slots_in_use=float(slots.in_use), effective_limit=float(slots.effective))
+        budget = governor.budget_today()
+        if budget is not None and budget.budget > 0:
+            state.update(
+                units_spent_today=budget.spent,
+                units_reserved_today=budget.reserved,
+                budget_used_percent=round(100 * budget.reserved / budget.budget, 1),
+            )
+        return state
 
     def _reconcile(self, job: JobRecord, deadline: float) -> JobReport:
         if time.monotonic() >= deadline:

@@ -9,14 +9,25 @@ import boto3
 from kling_pipeline.adapters.dynamodb import DynamoJobRecords
 from kling_pipeline.adapters.eventbridge import JobEventPublisher
 from kling_pipeline.adapters.image_copy import ImageCopier
+from kling_pipeline.adapters.ledger import DynamoAccountLedger
 from kling_pipeline.adapters.url_guard import GuardedHttp, UrlGuard
+from kling_pipeline.contract.record import JobRecord
 from kling_pipeline.contract.settings import FunctionEnvironment, ImageCopyOptions
 
 
 def job_records(env: FunctionEnvironment) -> DynamoJobRecords:
-    """The jobs table; every job a function makes final is announced on the event bus."""
+    """The jobs table. Every job a function makes final gives back what it holds of the Kling account (slots,
+    its unit estimate settled) and is announced on the event bus; the table's outbox re-drives a step that
+    failed (each is safe to repeat: the ledger's release is guarded on the record)."""
+    dynamodb = boto3.client("dynamodb")
+    ledger = DynamoAccountLedger(env.jobs_table, dynamodb)
     publisher = JobEventPublisher(env.event_bus_name, env.images_bucket, client=boto3.client("events"))
-    return DynamoJobRecords(env.jobs_table, boto3.client("dynamodb"), on_final=publisher)
+
+    def finish(record: JobRecord) -> None:
+        ledger.release(record)
+        publisher(record)
+
+    return DynamoJobRecords(env.jobs_table, dynamodb, on_final=finish)
 
 
 def image_copier(env: ImageCopyOptions, *, s3: Any | None = None) -> ImageCopier:

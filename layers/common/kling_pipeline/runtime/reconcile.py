@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import boto3
 
-from kling_pipeline.adapters.sqs import SqsDeadLetterQueue
+from kling_pipeline.adapters.ledger import DynamoAccountLedger
+from kling_pipeline.adapters.sqs import SqsDeadLetterQueue, SqsJobQueue
 from kling_pipeline.contract.settings import ReconcileEnvironment
+from kling_pipeline.governor.governor import Governor
 from kling_pipeline.progress import JobProgress
 from kling_pipeline.reconcile.dead_letters import DeadLetterSweeper
 from kling_pipeline.reconcile.reconciler import JobReconciler, Reconciler
@@ -27,8 +29,14 @@ class ReconcileRuntime:
             progress,
             max_messages=env.reconcile_max_dead_letters_per_run,
         )
+        queue = SqsJobQueue(env.jobs_queue_url, sqs=boto3.client("sqs")) if env.jobs_queue_url else None
+        governor = Governor(DynamoAccountLedger(env.jobs_table, boto3.client("dynamodb")), env)
         self.reconciler = Reconciler(
-            records, JobReconciler(records, kling, progress, env), env, dead_letters=dead_letters
+            records,
+            JobReconciler(records, kling, progress, env, queue=queue),
+            env,
+            dead_letters=dead_letters,
+            governor=governor,
         )
 
     @classmethod

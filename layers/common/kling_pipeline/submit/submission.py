@@ -13,18 +13,21 @@ No Lambda or AWS types here: the records, leases, Kling and image URLs are ports
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
 from aws_lambda_powertools import Logger
 
-from kling_pipeline.contract.clock import now_millis
+from kling_pipeline.contract.clock import iso_timestamp, now_millis
 from kling_pipeline.contract.errors import ErrorCode, InvalidJobError, JobError
 from kling_pipeline.contract.job import Job, job_id_in, parse_job
+from kling_pipeline.contract.json_text import json_object_or_none
 from kling_pipeline.contract.lease import Lease
 from kling_pipeline.contract.record import JobRecord
-from kling_pipeline.contract.status import JobStatus
+from kling_pipeline.contract.status import NOT_SUBMITTED, JobStatus
+from kling_pipeline.governor.governor import GO, Decision, Governor, Step
 from kling_pipeline.kling.errors import (
     KlingAmbiguousAnswerError,
     KlingError,
@@ -37,6 +40,9 @@ from kling_pipeline.submit.retry_policy import RetryPolicy
 
 # Kling's answer to a second create with the same external_task_id (1201, "invalid parameter"): look it up.
 DUPLICATE_EXTERNAL_ID_CODES = frozenset({1201})
+# Kling refused to start the task at all (request rate, concurrency): nothing runs, nothing is billed.
+CONCURRENCY_LIMITED = 1303
+KLING_REFUSED_TO_START = frozenset({1302, CONCURRENCY_LIMITED})
 
 logger = Logger(child=True)
 
@@ -50,6 +56,7 @@ class QueuedJob:
     attempt: int
     source: Source
     lease_seconds: float
+    waits: int = 0  # how often the job already waited for Kling's slots (its message was sent again each time)
 
 
 class OutcomeKind(StrEnum):
@@ -62,6 +69,8 @@ class OutcomeKind(StrEnum):
     RETRY = "retry"  # Kling said later: back to the queue after `delay_seconds`
     GAVE_UP = "gave_up"  # Kling said later on the last allowed attempt: recorded failed, still redelivered
     BUSY = "busy"  # another delivery holds the job's lease: back to the queue after `delay_seconds`
+    WAITING = "waiting"  # not enough of the account's slots: sent again (`requeue`) after `delay_seconds`
+    DEFERRED = "deferred"  # the day's unit budget cannot cover it: `deferred`, re-queued when the next day opens
 
 
 REDELIVERED = frozenset({OutcomeKind.RETRY, OutcomeKind.GAVE_UP, OutcomeKind.BUSY})
@@ -74,6 +83,8 @@ class Outcome:
     kling_task_id: str | None = None
     error: JobError | None = None
     delay_seconds: int | None = None
+    # A waiting job's message, sent again as a new message: waits do not use up the receives of the old one.
+    requeue: str | None = None
 
     @property
     def redeliver(self) -> bool:
@@ -93,16 +104,19 @@ class Submission:
         callback_url: Callable[[str], str],
         policy: RetryPolicy,
         *,
+        governor: Governor | None = None,
         log_context: Callable[..., None] = lambda **_: None,
         clock: Callable[[], int] = now_millis,
     ) -> None:
-        """`callback_url(job_id)` gives the job's tokenised callback URL; `log_context(**keys)` tags later logs."""
+        """`callback_url(job_id)` gives the job's tokenised callback URL; `log_context(**keys)` tags later logs;
+        `governor` (None: not governed) reserves the account's slots and units before each create."""
         self._records = records
         self._leases = leases
         self._kling = kling
         self._images = images
         self._callback_url = callback_url
         self._policy = policy
+        self._governor = governor if governor is not None and governor.governs else None
         self._log_context = log_context
         self._clock = clock
 
@@ -130,14 +144,14 @@ class Submission:
         existing = self._records.get(job.job_id)
         if existing is not None and existing.status is JobStatus.FAILED:
             return self._already_failed(existing)
-        if existing is not None and existing.status is not JobStatus.PENDING:
+        if existing is not None and existing.status not in NOT_SUBMITTED:
             logger.info("job already %s: duplicate delivery ignored", existing.status.value)
             return Outcome(OutcomeKind.DUPLICATE, job.job_id, kling_task_id=existing.kling_task_id)
         if existing is not None and self._leases.take(job.job_id, lease):
             return self._submit_leased(job, queued, lease, may_exist_at_kling=True)
         # Not free: re-read, since the holder may have finished in the meantime.
         current = self._records.get(job.job_id)
-        if current is not None and current.status is not JobStatus.PENDING:
+        if current is not None and current.status not in NOT_SUBMITTED:
             return Outcome(OutcomeKind.DUPLICATE, job.job_id, kling_task_id=current.kling_task_id)
         held = Lease.of(current) if current is not None else None
         lease_left = held.seconds_left(clock=self._clock) if held else 0.0
@@ -157,7 +171,16 @@ class Submission:
         try:
             task = self._kling.find_task_by_external_id(job.job_id) if may_exist_at_kling else None
             if task is not None:
+                self._govern(job, queued, lease, adopted=True)  # it runs: the ledger must count it
                 return self._record_task(job.job_id, task, OutcomeKind.ADOPTED)
+            decision = self._govern(job, queued, lease)
+            if decision.step is Step.WAIT:
+                return self._wait(job, queued, lease, decision)
+            if decision.step is Step.DEFER:
+                return self._defer(job, queued, decision)
+            if decision.step is Step.FAIL and decision.error is not None:
+                logger.warning("the account governor refuses the job: %s", decision.error.message)
+                return self._fail(job.job_id, decision.error, OutcomeKind.FAILED)
             return self._record_task(job.job_id, *self._create(job))
         except ImageUnavailableError as unavailable:
             logger.warning("job's image cannot be sent: %s", unavailable)
@@ -166,6 +189,7 @@ class Submission:
             logger.warning("Kling refused the job for good: %s", refusal)
             return self._fail(job.job_id, kling_job_error(refusal), OutcomeKind.FAILED)
         except KlingRetryableError as later:
+            self._give_back_if_refused(job, lease, later)
             return self._later(job.job_id, queued, lease, later)
 
     def _create(self, job: Job) -> tuple[KlingTask, OutcomeKind]:
@@ -191,7 +215,8 @@ class Submission:
     def _record_task(self, job_id: str, task: KlingTask, kind: OutcomeKind) -> Outcome:
         self._log_context(kling_task_id=task.task_id)
         changes = {"kling_task_id": task.task_id, "kling_status": task.task_status}
-        if self._records.advance(job_id, JobStatus.SUBMITTED, changes=changes) is None:
+        waited = ["wait_reason", "deferred_until", "queued_body"]  # history ends here; `waits` stays, a count
+        if self._records.advance(job_id, JobStatus.SUBMITTED, changes=changes, remove=waited) is None:
             logger.info("job %s as Kling task %s, but a callback had already moved it past pending", kind, task.task_id)
         else:
             logger.info("job %s as Kling task %s", kind, task.task_id)
@@ -213,6 +238,53 @@ class Submission:
         self._leases.release(job_id, lease.owner, retry_at_ms=self._clock() + delay * 1000)
         logger.info("Kling says later; retrying", reason=str(later), attempt=queued.attempt, retry_in_seconds=delay)
         return Outcome(OutcomeKind.RETRY, job_id, error=kling_job_error(later), delay_seconds=delay)
+
+    # -- the account governor ------------------------------------------------------------------------------
+
+    def _govern(self, job: Job, queued: QueuedJob, lease: Lease, *, adopted: bool = False) -> Decision:
+        if self._governor is None:
+            return GO
+        record = self._records.get(job.job_id)
+        if record is None:
+            return GO
+        return self._governor.reserve(self._governor.ask(job, lease.owner), record, waits=queued.waits, adopted=adopted)
+
+    def _give_back_if_refused(self, job: Job, lease: Lease, later: KlingRetryableError) -> None:
+        """Kling refused to start the task (rate or concurrency limit): it holds nothing, so neither does the
+        job until its next attempt. (A lost answer or a 5xx keeps the reservation: the task may exist.)"""
+        if self._governor is None or later.code not in KLING_REFUSED_TO_START:
+            return
+        if later.code == CONCURRENCY_LIMITED:
+            self._governor.kling_refused_slots(self._governor.ask(job, lease.owner))
+        record = self._records.get(job.job_id)
+        if record is not None:
+            self._governor.give_back(record)
+
+    def _wait(self, job: Job, queued: QueuedJob, lease: Lease, decision: Decision) -> Outcome:
+        delay = decision.delay_seconds or 1
+        waits = queued.waits + 1
+        self._records.update_open(
+            job.job_id,
+            expected_status=JobStatus.PENDING,
+            changes={"wait_reason": decision.reason, "waits": waits},
+        )
+        # Held while its message waits, like a retry: the dead-letter sweep must not fail it meanwhile.
+        self._leases.release(job.job_id, lease.owner, retry_at_ms=self._clock() + delay * 1000)
+        logger.info("waiting for Kling's slots", reason=decision.reason, waits=waits, retry_in_seconds=delay)
+        return Outcome(OutcomeKind.WAITING, job.job_id, delay_seconds=delay, requeue=body_with_job_id(queued, job))
+
+    def _defer(self, job: Job, queued: QueuedJob, decision: Decision) -> Outcome:
+        until = iso_timestamp(decision.until) if decision.until else None
+        changes = {
+            "wait_reason": decision.reason,
+            "deferred_until": until,
+            "queued_body": body_with_job_id(queued, job),
+        }
+        if self._records.advance(job.job_id, JobStatus.DEFERRED, changes=changes) is None:
+            logger.info("the job could not be deferred: it moved on meanwhile")
+        else:
+            logger.warning("job deferred to the next day's unit budget", reason=decision.reason)
+        return Outcome(OutcomeKind.DEFERRED, job.job_id)
 
     def _find_quietly(self, job_id: str) -> KlingTask | None:
         try:
@@ -260,6 +332,13 @@ class Submission:
             self._leases.release(job_id, lease.owner)
         except Exception:
             logger.exception("could not release the submit lease; it expires on its own")
+
+
+def body_with_job_id(queued: QueuedJob, job: Job) -> str:
+    """The message body again, naming the job id it was recorded under (a job without one took the message id,
+    which a new message would not have)."""
+    fields = json_object_or_none(queued.body) or {}
+    return json.dumps({**fields, "job_id": job.job_id}, ensure_ascii=False, separators=(",", ":"))
 
 
 def kling_job_error(error: KlingError) -> JobError:
