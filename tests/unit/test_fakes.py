@@ -51,7 +51,7 @@ def test_each_fake_is_its_port() -> None:
     bucket: UploadBucket = MemoryBucket()
     queue: JobQueue = MemoryQueue()
     assert all(port is not None for port in (records, leases, kling, missing, present, copier, dead_letters))
-    assert bucket is not None and queue is not None
+    assert bucket is not None and queue is not None and ledger is not None
 
 
 @pytest.mark.parametrize(
