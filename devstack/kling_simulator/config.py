@@ -25,6 +25,7 @@ class SimulatorConfig:
     fail_rate: float = 0.0  # share of tasks that end failed (besides prompts holding FAIL_MARKER)
     fail_message: str = "Image pixel is invalid"
     max_concurrency: int | None = None  # slots (sum of n over unfinished tasks); over it: 1303
+    units_per_image: float = 8.0  # what a succeeded task reports as final_unit_deduction, per image (kling-v3)
     callback_on_submit: bool = False  # also call back for the initial `submitted` state
     callback_wrapped: bool = False  # send {"code","message","request_id","data": task} instead of the task
     callback_timeout: float = 2.0

@@ -50,6 +50,8 @@ class Faults:
     auth_errors: list[CodeTimes] = dataclasses.field(default_factory=list)
     create_accept_then_disconnect: int = 0
     create_garbled_answers: list[GarbledAnswer] = dataclasses.field(default_factory=list)
+    # Slots another client of the same account holds: they count against max_concurrency like our tasks.
+    other_client_slots: int = 0
     latency_ms: int = 0
     callback_drop_rate: float = 0.0
     callback_duplicates: int = 0
@@ -65,6 +67,7 @@ class Faults:
         if self.image_errors is not None:
             self.image_errors = _image_errors("image_errors", self.image_errors)
         _count("create_accept_then_disconnect", self.create_accept_then_disconnect)
+        _count("other_client_slots", self.other_client_slots)
         answers = self.create_garbled_answers
         if not isinstance(answers, list) or not set(answers) <= GARBLED_ANSWERS:
             raise ValueError(f"create_garbled_answers: must be a list of {sorted(GARBLED_ANSWERS)} (got {answers!r})")

@@ -100,7 +100,9 @@ class SimState:
             if code is not None:
                 raise KlingError(code)
             limit = self.config.max_concurrency
-            if limit is not None and self.store.slots_in_use() + request.n > limit:
+            # Another client of the same account (faults.other_client_slots) holds slots too.
+            held = self.store.slots_in_use() + self.faults.other_client_slots
+            if limit is not None and held + request.n > limit:
                 raise KlingError(1303)
             will_fail = FAIL_MARKER in request.prompt or self.rng.random() < self.config.fail_rate
             task = self.store.add(
@@ -109,6 +111,7 @@ class SimState:
                 watermark=request.watermark,
                 callback_url=request.callback_url,
                 will_fail=will_fail,
+                units_per_image=self.config.units_per_image,
             )
             disconnect = self.faults.take_disconnect()
             garbled = None if disconnect else self.faults.take_garbled_answer()

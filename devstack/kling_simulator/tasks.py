@@ -26,6 +26,7 @@ class Task:
     watermark: bool
     callback_url: str | None
     will_fail: bool  # decided at create: the prompt's fail marker or the fail rate
+    units_per_image: float
     created_at: int
     updated_at: int
     status: TaskStatus = "submitted"
@@ -52,7 +53,7 @@ class Task:
             "updated_at": self.updated_at,
         }
         if self.status == "succeed":
-            data["final_unit_deduction"] = str(self.n)
+            data["final_unit_deduction"] = f"{self.n * self.units_per_image:g}"
             data["task_result"] = {"images": copy.deepcopy(self.images)}
         return data
 
@@ -77,12 +78,29 @@ class TaskStore:
         self._next_id = rng.randrange(8 * 10**17, 9 * 10**17)
 
     def add(
-        self, *, external_task_id: str | None, n: int, watermark: bool, callback_url: str | None, will_fail: bool
+        self,
+        *,
+        external_task_id: str | None,
+        n: int,
+        watermark: bool,
+        callback_url: str | None,
+        will_fail: bool,
+        units_per_image: float,
     ) -> Task:
         with self.lock:
             self._next_id += self._rng.randrange(1, 1000)
             created = now_ms()
-            task = Task(str(self._next_id), external_task_id, n, watermark, callback_url, will_fail, created, created)
+            task = Task(
+                str(self._next_id),
+                external_task_id,
+                n,
+                watermark,
+                callback_url,
+                will_fail,
+                units_per_image,
+                created,
+                created,
+            )
             task.snapshots["submitted"] = task.view()
             self._tasks[task.task_id] = task
             if external_task_id is not None:

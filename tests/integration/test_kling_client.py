@@ -83,7 +83,7 @@ def test_a_finished_task_carries_its_images(kling_sim: KlingSimulator, client: K
     task = wait_for(lambda: client.get_task(created.task_id), lambda t: t.is_final)
 
     assert task.succeeded and not task.failed
-    assert task.final_unit_deduction == "2"
+    assert task.final_unit_deduction == "16"  # the simulator's kling-v3: 8 units an image
     assert [image.index for image in task.images] == [0, 1]
     assert all(image.url.startswith(kling_sim.base_url) for image in task.images)
     assert all(image.watermark_url for image in task.images)

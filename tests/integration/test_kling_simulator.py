@@ -298,7 +298,7 @@ def test_lifecycle_calls_back_processing_then_succeed(kling_sim: KlingSimulator,
     data = create(kling_sim, n=2, callback_url=receiver.url, external_task_id="job-cb").json()["data"]
     task = finished(kling_sim, data["task_id"])
     assert task["task_status"] == "succeed"
-    assert task["final_unit_deduction"] == "2"
+    assert task["final_unit_deduction"] == "16"  # kling-v3: 8 units an image
     assert [image["index"] for image in task["task_result"]["images"]] == [0, 1]
     assert "watermark_url" not in task["task_result"]["images"][0]
     bodies = wait_for(lambda: len(receiver.received) == 2 and receiver.bodies())
@@ -463,6 +463,16 @@ def test_max_concurrency_refuses_with_1303(start_sim: Callable[..., KlingSimulat
     assert create(sim, n=1).status_code == 200
     sim.advance(task_id, "succeed")
     assert create(sim, n=2).status_code == 200
+
+
+def test_another_client_of_the_account_holds_slots_too(start_sim: Callable[..., KlingSimulator]) -> None:
+    sim = start_sim(max_concurrency=6, auto_advance=False)
+    sim.set_faults(other_client_slots=4)
+    refused = create(sim, n=3)
+    assert (refused.status_code, refused.json()["code"]) == (429, 1303)
+    assert create(sim, n=2).status_code == 200
+    sim.set_faults(other_client_slots=0)  # the other client's tasks ended
+    assert create(sim, n=3).status_code == 200
 
 
 # -- images ----------------------------------------------------------------------------------------------

@@ -1,0 +1,141 @@
+"""The whole pipeline running on its own triggers, for drills: moto as AWS, the Kling simulator, the real submit,
+webhook and reconcile handlers behind the local stack's SQS poller, HTTP front and schedule."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import boto3
+import pytest
+
+from devstack.events.sqs import queue_arn
+from devstack.kling_simulator import KlingSimulator, SimulatorConfig
+from devstack.stack.aws_resources import AwsResources, create_resources
+from devstack.stack.moto_server import MotoServer
+from devstack.stack.runner.functions import FunctionSpec, LambdaFunction
+from devstack.stack.runner.scheduler import Schedule
+from devstack.stack.runner.sqs_poller import QueuePoller, lambda_dispatch
+from functions.reconcile import app as reconcile_app
+from functions.submit import app as submit_app
+from functions.webhook import app as webhook_app
+from kling_pipeline.adapters.dynamodb import DynamoJobRecords
+from kling_pipeline.adapters.ledger import DynamoAccountLedger
+from kling_pipeline.contract.record import JobRecord
+from tests.integration.webhook_harness import CallbackFront, wait_until
+
+API_KEY = "drill-key"
+
+
+@dataclass
+class Pipeline:
+    aws: AwsResources
+    sim: KlingSimulator
+    records: DynamoJobRecords
+    ledger: DynamoAccountLedger
+
+    def send(self, *jobs: Mapping[str, Any], copies: int = 1) -> None:
+        sqs = boto3.client("sqs")
+        for job in jobs:
+            for _ in range(copies):
+                sqs.send_message(QueueUrl=self.aws.queue_url, MessageBody=json.dumps(job))
+
+    def record(self, job_id: str) -> JobRecord | None:
+        return self.records.get(job_id)
+
+    def all_final(self, job_ids: list[str]) -> bool:
+        return all((record := self.record(job_id)) is not None and record.status.is_final for job_id in job_ids)
+
+    def queue_depth(self, url: str) -> int:
+        attributes = boto3.client("sqs").get_queue_attributes(
+            QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
+        )["Attributes"]
+        return int(attributes["ApproximateNumberOfMessages"]) + int(attributes["ApproximateNumberOfMessagesNotVisible"])
+
+    def settled(self, job_ids: list[str]) -> bool:
+        """Every job final and both job queues empty."""
+        return (
+            self.all_final(job_ids)
+            and self.queue_depth(self.aws.queue_url) == 0
+            and self.queue_depth(self.aws.dlq_url) == 0
+        )
+
+    @contextmanager
+    def running(self, *, reconcile_every: float = 0.5, batch_size: int = 10) -> Iterator[None]:
+        """The triggers on, for the duration of the block: jobs flow, callbacks arrive, the schedule runs."""
+        sqs = boto3.client("sqs")
+        submit = LambdaFunction(FunctionSpec("submit", submit_app.__name__, timeout_seconds=60)).load()
+        reconcile = LambdaFunction(FunctionSpec("reconcile", reconcile_app.__name__, timeout_seconds=60)).load()
+        arn = queue_arn(self.aws.queue_url, sqs=sqs)
+        poller = QueuePoller(
+            "drill-jobs", sqs, self.aws.queue_url, lambda_dispatch(submit, arn), batch_size=batch_size
+        ).start()
+        schedule = Schedule(reconcile, reconcile_every, rule_name="drill-reconcile", region="us-east-1").start()
+        try:
+            yield
+        finally:
+            for trigger in (schedule, poller):
+                trigger.request_stop()
+            for trigger in (schedule, poller):
+                trigger.stop()
+
+    def wait_settled(self, job_ids: list[str], timeout: float, what: str) -> None:
+        wait_until(lambda: self.settled(job_ids), timeout, what)
+
+
+def clear_handler_caches() -> None:
+    if submit_app.runtime.cache_info().currsize:
+        submit_app.runtime().close()
+    submit_app.runtime.cache_clear()
+    if reconcile_app.runtime.cache_info().currsize:
+        reconcile_app.runtime().reconciler.close()
+    reconcile_app.runtime.cache_clear()
+    webhook_app.runtime.cache_clear()
+
+
+@contextmanager
+def pipeline(
+    moto_server: MotoServer,
+    monkeypatch: pytest.MonkeyPatch,
+    *,
+    max_receive_count: int,
+    simulator: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Iterator[Pipeline]:
+    """A fresh pipeline: its resources on a reset moto, a simulator, the webhook's HTTP front, the variables."""
+    moto_server.reset()
+    aws = create_resources("drill", visibility_timeout=2, max_receive_count=max_receive_count)
+    settings = {"api_key": API_KEY, "processing_delay": 0.05, "succeed_delay": 0.1, "image_width": 320}
+    sim = KlingSimulator(SimulatorConfig(**{"image_height": 320, **settings, **(simulator or {})})).start()
+    front = CallbackFront().start()
+    variables = {
+        **aws.environment(),
+        "KLING_API_BASE_URL": sim.base_url,
+        "KLING_API_KEY": API_KEY,
+        "KLING_API_PATH_PREFIX": "/kling",
+        "WEBHOOK_BASE_URL": front.base_url,
+        "WEBHOOK_SECRET": "drill-webhook-secret",
+        "IMAGE_HOST_ALLOWLIST": f"127.0.0.1:{sim.port}",
+        "MAX_RECEIVE_COUNT": str(max_receive_count),
+        "SUBMIT_RETRY_BASE_SECONDS": "1",
+        "SUBMIT_RETRY_MAX_DELAY_SECONDS": "2",
+        "RECONCILE_PENDING_GRACE_SECONDS": "0",
+        "RECONCILE_STALE_SECONDS": "0",
+        **(env or {}),
+    }
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    for name in ("EVENT_BUS_NAME", "KLING_WEBHOOK_SECRET", "RECONCILE_MAX_JOB_AGE_SECONDS"):
+        if name not in variables:
+            monkeypatch.delenv(name, raising=False)
+    clear_handler_caches()
+    client = boto3.client("dynamodb")
+    try:
+        yield Pipeline(aws, sim, DynamoJobRecords(aws.table, client), DynamoAccountLedger(aws.table, client))
+    finally:
+        clear_handler_caches()
+        front.stop()
+        sim.stop()
