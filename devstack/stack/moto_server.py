@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import MutableMapping
+import threading
+from collections.abc import Iterable, MutableMapping
+from typing import Any
 
 import requests
+from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
 from moto.server import ThreadedMotoServer
+from werkzeug.serving import make_server
 
 from devstack.events import REGION
 
@@ -19,13 +23,45 @@ def free_port(host: str = "127.0.0.1") -> int:
         return port
 
 
+# DynamoDB applies each write, its condition included, atomically; moto checks a condition and then writes
+# without a lock, so two concurrent conditional writes to one item can both pass. The local stack serialises
+# DynamoDB's writes to keep the guarantee the pipeline's ledger and leases are built on.
+DYNAMODB_WRITES = frozenset(
+    f"DynamoDB_20120810.{action}"
+    for action in ("PutItem", "UpdateItem", "DeleteItem", "BatchWriteItem", "TransactWriteItems")
+)
+
+
+class SerialisedDynamoDbWrites:
+    """WSGI middleware: one DynamoDB write at a time, everything else concurrent."""
+
+    def __init__(self, app: Any) -> None:
+        self._app = app
+        self._lock = threading.Lock()
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        if environ.get("HTTP_X_AMZ_TARGET") not in DYNAMODB_WRITES:
+            return self._app(environ, start_response)  # type: ignore[no-any-return]
+        with self._lock:
+            # The body is produced inside the lock: moto does the write while building the response.
+            return list(self._app(environ, start_response))
+
+
+class _AtomicMotoServer(ThreadedMotoServer):
+    def _server_entry(self) -> None:
+        app = SerialisedDynamoDbWrites(DomainDispatcherApplication(create_backend_app))
+        self._server = make_server(self._ip_address, self._port, app, True, request_handler=MotoRequestHandler)
+        self._server_ready_event.set()
+        self._server.serve_forever()
+
+
 class MotoServer:
     """A moto server on a free loopback port, in a background thread."""
 
     def __init__(self, host: str = "127.0.0.1", port: int | None = None) -> None:
         self.host = host
         self.port = port or free_port(host)
-        self._server = ThreadedMotoServer(ip_address=host, port=self.port, verbose=False)
+        self._server = _AtomicMotoServer(ip_address=host, port=self.port, verbose=False)
 
     @property
     def endpoint_url(self) -> str:

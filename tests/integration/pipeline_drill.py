@@ -4,7 +4,7 @@ webhook and reconcile handlers behind the local stack's SQS poller, HTTP front a
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -22,7 +22,7 @@ from devstack.stack.runner.sqs_poller import QueuePoller, lambda_dispatch
 from functions.reconcile import app as reconcile_app
 from functions.submit import app as submit_app
 from functions.webhook import app as webhook_app
-from kling_pipeline.adapters.dynamodb import DynamoJobRecords
+from kling_pipeline.adapters.dynamodb import KEY, DynamoJobRecords, record_from_item
 from kling_pipeline.adapters.ledger import DynamoAccountLedger
 from kling_pipeline.contract.record import JobRecord
 from tests.integration.webhook_harness import CallbackFront, wait_until
@@ -46,8 +46,16 @@ class Pipeline:
     def record(self, job_id: str) -> JobRecord | None:
         return self.records.get(job_id)
 
+    def snapshot(self) -> dict[str, JobRecord]:
+        """Every job record, by one consistent scan (the ledger's `#` items left out): a poll of a thousand jobs
+        costs a few calls, not a thousand, so watching a drill does not slow the moto server it watches."""
+        pages = boto3.client("dynamodb").get_paginator("scan").paginate(TableName=self.aws.table, ConsistentRead=True)
+        records = (record_from_item(item) for page in pages for item in page["Items"] if item[KEY]["S"][:1] != "#")
+        return {record.job_id: record for record in records}
+
     def all_final(self, job_ids: list[str]) -> bool:
-        return all((record := self.record(job_id)) is not None and record.status.is_final for job_id in job_ids)
+        records = self.snapshot()
+        return all((record := records.get(job_id)) is not None and record.status.is_final for job_id in job_ids)
 
     def queue_depth(self, url: str) -> int:
         attributes = boto3.client("sqs").get_queue_attributes(
@@ -64,26 +72,44 @@ class Pipeline:
         )
 
     @contextmanager
-    def running(self, *, reconcile_every: float = 0.5, batch_size: int = 10) -> Iterator[None]:
-        """The triggers on, for the duration of the block: jobs flow, callbacks arrive, the schedule runs."""
+    def running(
+        self,
+        *,
+        reconcile_every: float = 0.5,
+        batch_size: int = 10,
+        submit_timeout_seconds: int = 60,
+        pollers: int = 1,
+    ) -> Iterator[None]:
+        """The triggers on, for the duration of the block: jobs flow, callbacks arrive, the schedule runs.
+
+        `submit_timeout_seconds` bounds each submit invocation, and so its leases (a crash drill's wait);
+        `pollers` is how many batches of the jobs queue are in flight at once (Lambda scales its pollers so)."""
         sqs = boto3.client("sqs")
-        submit = LambdaFunction(FunctionSpec("submit", submit_app.__name__, timeout_seconds=60)).load()
+        submit = LambdaFunction(
+            FunctionSpec("submit", submit_app.__name__, timeout_seconds=submit_timeout_seconds)
+        ).load()
         reconcile = LambdaFunction(FunctionSpec("reconcile", reconcile_app.__name__, timeout_seconds=60)).load()
         arn = queue_arn(self.aws.queue_url, sqs=sqs)
-        poller = QueuePoller(
-            "drill-jobs", sqs, self.aws.queue_url, lambda_dispatch(submit, arn), batch_size=batch_size
-        ).start()
-        schedule = Schedule(reconcile, reconcile_every, rule_name="drill-reconcile", region="us-east-1").start()
+        triggers = [
+            QueuePoller(f"drill-jobs-{i}", sqs, self.aws.queue_url, lambda_dispatch(submit, arn), batch_size=batch_size)
+            for i in range(pollers)
+        ]
+        triggers.append(Schedule(reconcile, reconcile_every, rule_name="drill-reconcile", region="us-east-1"))
+        for trigger in triggers:
+            trigger.start()
         try:
             yield
         finally:
-            for trigger in (schedule, poller):
+            for trigger in triggers:
                 trigger.request_stop()
-            for trigger in (schedule, poller):
+            for trigger in triggers:
                 trigger.stop()
 
     def wait_settled(self, job_ids: list[str], timeout: float, what: str) -> None:
-        wait_until(lambda: self.settled(job_ids), timeout, what)
+        self.wait_until(lambda: self.settled(job_ids), timeout, what)
+
+    def wait_until(self, condition: Callable[[], bool], timeout: float, what: str) -> None:
+        wait_until(condition, timeout, what, every=0.25)
 
 
 def clear_handler_caches() -> None:

@@ -149,9 +149,11 @@ class Pipeline:
         return record
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, message: str = "condition") -> None:
+def wait_until(
+    predicate: Callable[[], bool], timeout: float = 10.0, message: str = "condition", *, every: float = 0.02
+) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {message}")
-        time.sleep(0.02)
+        time.sleep(every)

@@ -11,7 +11,7 @@ the atomic writes.
   claim lives, other jobs may take only what the claim leaves (`spare`), so a stream of small jobs cannot
   starve a big one. The claim lapses if the job stops renewing it (it finished, or vanished).
 - Shared accounts: a 1303 despite a reservation means another client holds slots; the effective limit drops
-  to what was running fine for a cool-down, then is probed back up one slot at a time.
+  to what was running fine (and by at least a quarter) for a cool-down, then is probed back up one slot at a time.
 """
 
 from __future__ import annotations
@@ -133,7 +133,9 @@ class Governor:
         state = self._ledger.slots(ask.model) if ask.slots else None
         if state is None:
             return
-        lowered = max(1, state.in_use - ask.slots)
+        # What ran fine without this job, and at least a quarter less than before: the refusals of one burst
+        # (several reservations in flight when the first 1303 comes back) converge in two or three steps.
+        lowered = max(1, min(state.in_use - ask.slots, state.effective - max(1, state.effective // 4)))
         if lowered >= state.effective:
             return
         cooldown_until = self._now_ms() + int(self._options.governor_cooldown_seconds * 1000)
@@ -194,7 +196,10 @@ class Governor:
         if live and state.claim_job != ask.job_id:
             return False  # another job claimed first: it goes first
         until = now_ms + int(self._options.governor_claim_seconds * 1000)
-        return self._ledger.claim(ask.model, ask.job_id, ask.slots, until_ms=until, seen=state)
+        renewed = self._ledger.claim(ask.model, ask.job_id, ask.slots, until_ms=until, seen=state)
+        # A renewal lost to a concurrent change (any reservation or release) leaves the live claim this job's:
+        # it still reserves as the claimer, or its own claim would keep it out of the slots it kept free.
+        return renewed or (live and state.claim_job == ask.job_id)
 
     def _probe(self, state: SlotState, now_ms: int) -> None:
         """After a cool-down, raise a lowered effective limit by one slot, at most once per probe interval."""

@@ -1,0 +1,221 @@
+"""The account governor's policy with an in-memory ledger and a fixed clock: waits, claims, cool-downs, budgets."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from kling_pipeline.contract.job import parse_job
+from kling_pipeline.contract.lease import Lease
+from kling_pipeline.contract.record import JobRecord
+from kling_pipeline.contract.settings import GovernorOptions
+from kling_pipeline.contract.status import JobStatus
+from kling_pipeline.governor.governor import Governor, Step, next_utc_day
+from kling_pipeline.governor.prices import estimate_units
+from tests.fakes import FixedClock, MemoryLedger, MemoryRecords
+
+MODEL = "kling-v3"
+
+
+class World:
+    def __init__(self, **options: object) -> None:
+        self.clock = FixedClock(datetime(2030, 1, 1, 12, 0, tzinfo=UTC))
+        self.records = MemoryRecords(clock=self.clock.iso)
+        self.ledger = MemoryLedger(self.records)
+        self.options = GovernorOptions.model_validate(options)
+        self.governor = Governor(self.ledger, self.options, clock=self.clock.now, jitter=lambda: 1.0)
+
+    def job(self, job_id: str) -> tuple[str, JobRecord]:
+        lease = Lease(owner=f"owner-{job_id}", until_ms=self.clock.millis() + 60_000)
+        record = JobRecord(job_id=job_id, status=JobStatus.PENDING, **lease.attributes())
+        self.records.create(record)
+        return lease.owner, record
+
+    def reserve(self, job_id: str, n: int = 1, *, waits: int = 0, adopted: bool = False) -> Step:
+        owner = self.records.items[job_id].submit_lease_owner if job_id in self.records.items else None
+        if owner is None:
+            owner, _ = self.job(job_id)
+        ask = self.governor.ask(parse_job({"job_id": job_id, "prompt": "a fox", "n": n}), owner)
+        record = self.records.items[job_id]
+        return self.governor.reserve(ask, record, waits=waits, adopted=adopted).step
+
+    def finish(self, job_id: str, units: float | None = None) -> None:
+        done = self.records.advance(job_id, JobStatus.SUCCEEDED, changes={"units": units} if units else {})
+        assert done is not None
+        self.governor.give_back(done)
+
+    def in_use(self) -> int:
+        state = self.ledger.slots(MODEL)
+        return state.in_use if state else 0
+
+
+def test_with_nothing_configured_everything_goes() -> None:
+    world = World()
+    assert not world.governor.governs
+    assert world.reserve("a", 9) is Step.GO
+    assert world.records.items["a"].slots_held is None
+
+
+def test_slots_are_reserved_up_to_the_limit_then_jobs_wait() -> None:
+    world = World(kling_concurrency_limit=10)
+    assert [world.reserve(f"j{i}", 4) for i in range(3)] == [Step.GO, Step.GO, Step.WAIT]
+    assert world.in_use() == 8
+    world.finish("j0")
+    assert world.in_use() == 4
+    assert world.reserve("j2", 4) is Step.GO
+
+
+def test_a_release_happens_exactly_once_whatever_repeats_it() -> None:
+    world = World(kling_concurrency_limit=10)
+    assert world.reserve("a", 3) is Step.GO
+    world.finish("a")
+    done = world.records.items["a"]
+    assert not world.governor.give_back(done)  # a duplicate callback, a reconciler race
+    assert world.in_use() == 0
+
+
+def test_a_job_that_already_holds_its_reservation_goes_without_a_second_one() -> None:
+    # A crash between the reservation and the create: the next delivery must not reserve twice.
+    world = World(kling_concurrency_limit=10)
+    assert world.reserve("a", 3) is Step.GO
+    assert world.reserve("a", 3) is Step.GO
+    assert world.in_use() == 3
+
+
+def test_the_wait_grows_with_the_waits_and_with_the_shortage() -> None:
+    world = World(kling_concurrency_limit=4, governor_wait_base_seconds=1, governor_wait_max_seconds=900)
+    world.reserve("running", 4)
+    owner, _ = world.job("small")
+    delays = []
+    for waits in (0, 1, 2, 3):
+        ask = world.governor.ask(parse_job({"job_id": "small", "prompt": "x", "n": 1}), owner)
+        decision = world.governor.reserve(ask, world.records.items["small"], waits=waits)
+        assert decision.step is Step.WAIT and decision.delay_seconds is not None
+        delays.append(decision.delay_seconds)
+    assert delays == sorted(delays) and delays[-1] > delays[0]
+    owner, _ = world.job("big")
+    big = world.governor.reserve(
+        world.governor.ask(parse_job({"job_id": "big", "prompt": "x", "n": 4}), owner),
+        world.records.items["big"],
+        waits=0,
+    )
+    assert big.delay_seconds is not None and big.delay_seconds >= delays[0]  # a larger shortage waits longer
+    assert big.reason is not None and "needs 4" in big.reason and "4 of 4 in use" in big.reason
+
+
+def test_the_wait_never_exceeds_sqs_s_longest_delay_setting() -> None:
+    world = World(kling_concurrency_limit=1, governor_wait_max_seconds=30)
+    world.reserve("running", 1)
+    owner, _ = world.job("late")
+    ask = world.governor.ask(parse_job({"job_id": "late", "prompt": "x"}), owner)
+    decision = world.governor.reserve(ask, world.records.items["late"], waits=500)
+    assert decision.delay_seconds == 30
+
+
+def test_a_big_job_that_waited_claims_its_slots_and_small_jobs_stop_taking_them() -> None:
+    world = World(kling_concurrency_limit=10, governor_claim_after_waits=3)
+    for i in range(8):
+        assert world.reserve(f"small-{i}", 1) is Step.GO
+    world.job("big")
+    assert world.reserve("big", 9, waits=3) is Step.WAIT  # claims: 9 of the 10 are now kept for it
+    state = world.ledger.slots(MODEL)
+    assert state is not None and (state.claim_job, state.claim_slots) == ("big", 9)
+    assert world.reserve("small-late", 1) is Step.WAIT  # 2 free, but the claim keeps them
+    for i in range(7):
+        world.finish(f"small-{i}")
+    assert world.reserve("big", 9, waits=4) is Step.GO  # 9 free now: the claimer takes them
+    state = world.ledger.slots(MODEL)
+    assert state is not None and state.claim_job is None and state.in_use == 10
+
+
+def test_a_lapsed_claim_binds_no_one() -> None:
+    world = World(kling_concurrency_limit=4, governor_claim_after_waits=1, governor_claim_seconds=10)
+    world.reserve("running", 3)
+    assert world.reserve("big", 4, waits=1) is Step.WAIT
+    world.clock.advance(seconds=11)  # the claimer vanished (failed elsewhere) and stopped renewing
+    assert world.reserve("small", 1) is Step.GO
+
+
+def test_a_1303_despite_a_reservation_lowers_the_effective_limit_then_it_is_probed_back_up() -> None:
+    world = World(kling_concurrency_limit=10, governor_cooldown_seconds=60)
+    for i in range(6):
+        assert world.reserve(f"j{i}", 1) is Step.GO
+    owner, _ = world.job("refused")
+    world.reserve("refused", 1)
+    world.governor.kling_refused_slots(world.governor.ask(parse_job({"job_id": "refused", "prompt": "x"}), owner))
+    state = world.ledger.slots(MODEL)
+    assert state is not None and state.effective == 6  # what ran fine: another client holds the rest
+    world.governor.give_back(world.records.items["refused"])
+    assert world.reserve("during-cooldown", 1) is Step.WAIT
+    world.clock.advance(seconds=61)
+    world.finish("j0")
+    assert world.reserve("after-cooldown", 1) is Step.GO
+    raised = world.ledger.slots(MODEL)
+    assert raised is not None and raised.effective == 7  # one slot at a time
+
+
+def test_a_job_larger_than_the_limit_fails_at_once_with_the_reason() -> None:
+    world = World(kling_concurrency_limit=6)
+    owner, record = world.job("huge")
+    decision = world.governor.reserve(
+        world.governor.ask(parse_job({"job_id": "huge", "prompt": "x", "n": 9}), owner), record, waits=0
+    )
+    assert decision.step is Step.FAIL and decision.error is not None
+    assert decision.error.message == "n: needs 9 concurrency slots but KLING_CONCURRENCY_LIMIT is 6"
+
+
+def test_the_budget_covers_five_jobs_of_eight_units_then_defers_to_the_next_utc_day() -> None:
+    world = World(kling_daily_unit_budget=40)
+    steps = [world.reserve(f"b{i}", 1) for i in range(10)]
+    assert steps == [Step.GO] * 5 + [Step.DEFER] * 5
+    owner, record = world.job("b10")
+    decision = world.governor.reserve(
+        world.governor.ask(parse_job({"job_id": "b10", "prompt": "x"}), owner), record, waits=0
+    )
+    assert decision.until == next_utc_day(world.clock.now())
+    assert decision.reason is not None
+    assert "KLING_DAILY_UNIT_BUDGET is 40 units, 40 already spent or reserved on 2030-01-01" in decision.reason
+
+
+def test_with_the_fail_action_the_job_fails_budget_exhausted_naming_budget_spend_and_estimate() -> None:
+    world = World(kling_daily_unit_budget=8, kling_budget_action="fail")
+    assert world.reserve("first", 1) is Step.GO
+    owner, record = world.job("second")
+    decision = world.governor.reserve(
+        world.governor.ask(parse_job({"job_id": "second", "prompt": "x"}), owner), record, waits=0
+    )
+    assert decision.step is Step.FAIL and decision.error is not None
+    assert decision.error.code == "budget_exhausted"
+    assert "8 units" in decision.error.message and "needs about 8" in decision.error.message
+
+
+def test_a_finished_job_settles_its_estimate_with_klings_deduction() -> None:
+    world = World(kling_daily_unit_budget=40)
+    assert world.reserve("b", 2) is Step.GO
+    world.finish("b", units=12)  # Kling charged less than the 16 estimated
+    budget = world.ledger.budget("2030-01-01")
+    assert budget is not None and (budget.reserved, budget.spent) == (12, 12)
+
+
+def test_an_adopted_task_is_counted_whatever_is_left() -> None:
+    world = World(kling_concurrency_limit=2)
+    world.reserve("a", 2)
+    assert world.reserve("adopted", 2, adopted=True) is Step.GO  # it runs at Kling already
+    assert world.in_use() == 4
+
+
+def test_repair_corrects_drift_once_the_ledger_is_quiet() -> None:
+    world = World(kling_concurrency_limit=10)
+    world.reserve("a", 3)
+    world.records.items["a"] = world.records.items["a"].model_copy(update={"slots_held": None})  # a lost hold
+    assert world.governor.repair(world.records.held_slots(), [MODEL]) == {}  # changed a moment ago: wait
+    world.clock.advance(seconds=30)
+    assert world.governor.repair(world.records.held_slots(), [MODEL]) == {MODEL: 3}
+    assert world.in_use() == 0
+
+
+@pytest.mark.parametrize(("resolution", "units"), [("1k", 8), ("2k", 8), (None, 8)])
+def test_kling_v3_costs_eight_units_an_image(resolution: str | None, units: float) -> None:
+    assert estimate_units("kling-v3", resolution, 3) == 3 * units
+    assert estimate_units("kling-v99", resolution, 1) == 8  # unknown: the dearest known price
