@@ -80,6 +80,7 @@ def _card(record: JobRecord, read_object: ReadObject) -> str:
         f'<span class="badge">{html.escape(record.source)}</span>',
         f'<span class="meta">{html.escape(age(record.created_at))} ago'
         + (f" · task {html.escape(record.kling_task_id)}" if record.kling_task_id else "")
+        + (f' · <span class="units">{record.units:g} units</span>' if record.units is not None else "")
         + "</span>",
         "</div>",
     ]

@@ -15,14 +15,33 @@ from typing import Any
 
 from devstack.stack.target import Target
 from kling_pipeline.adapters.dynamodb import DynamoJobRecords, from_dynamo
+from kling_pipeline.adapters.ledger import SLOTS_PREFIX, UNITS_PREFIX
 from kling_pipeline.contract.job import job_id_in
 from kling_pipeline.contract.record import JobRecord
+from kling_pipeline.governor.prices import dollars
 from kling_pipeline.ingest.events import UploadedObject
 
 UPLOADS_PREFIX = "uploads/"
 MAX_METADATA_BYTES = 2048  # S3's limit on user-defined metadata
 _EXTENSIONS = {"image/png": ".png", "image/jpeg": ".jpg"}
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+def is_ledger_item(item: Mapping[str, Any]) -> bool:
+    """The governor's own items share the jobs table under keys no job id can have (`#slots/...`, `#units/...`)."""
+    return str(item.get("job_id", "")).startswith("#")
+
+
+@dataclass(frozen=True)
+class DayUsage:
+    day: str
+    spent: float  # Kling's deductions of the day's finished jobs
+    reserved: float  # estimates of running jobs plus what finished ones cost
+    budget: float  # 0: unlimited
+
+    @property
+    def dollars(self) -> float:
+        return dollars(self.spent)
 
 
 @dataclass(frozen=True)
@@ -132,17 +151,40 @@ class Jobs:
 
     def recent(self, limit: int | None = 20) -> list[JobRecord]:
         """Newest first. Scans the table: a dev tool's view, not something the pipeline does."""
+        records = [JobRecord.model_validate(item) for item in self._scan() if not is_ledger_item(item)]
+        records.sort(key=lambda record: record.created_at, reverse=True)
+        return records if limit is None else records[:limit]
+
+    def usage(self, days: int = 7) -> tuple[list[DayUsage], list[dict[str, Any]]]:
+        """The governor's ledger: units per UTC day (newest first, at most `days`) and each model's slots."""
+        ledger = [item for item in self._scan() if is_ledger_item(item)]
+        spend = sorted(
+            (
+                DayUsage(
+                    day=str(item["job_id"]).removeprefix(UNITS_PREFIX),
+                    spent=float(item.get("spent", 0)),
+                    reserved=float(item.get("reserved", 0)),
+                    budget=float(item.get("budget", 0)),
+                )
+                for item in ledger
+                if str(item["job_id"]).startswith(UNITS_PREFIX)
+            ),
+            key=lambda usage: usage.day,
+            reverse=True,
+        )
+        slots = [item for item in ledger if str(item["job_id"]).startswith(SLOTS_PREFIX)]
+        return spend[:days], slots
+
+    def _scan(self) -> list[dict[str, Any]]:
         items: list[dict[str, Any]] = []
         kwargs: dict[str, Any] = {}
         while True:
             page = self._table.scan(**kwargs)
-            items.extend(page.get("Items", []))
+            items.extend(from_dynamo(item) for item in page.get("Items", []))
             if "LastEvaluatedKey" not in page:
                 break
             kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
-        records = [JobRecord.model_validate(from_dynamo(item)) for item in items]
-        records.sort(key=lambda record: record.created_at, reverse=True)
-        return records if limit is None else records[:limit]
+        return items
 
     def image(self, key: str, bucket: str | None = None) -> bytes:
         body: bytes = self._s3.get_object(Bucket=bucket or self.target.images_bucket, Key=key)["Body"].read()

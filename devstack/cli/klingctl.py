@@ -15,6 +15,7 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.table import Table
 
 from devstack.cli.gallery import write_gallery
 from devstack.cli.jobs import Jobs, object_metadata, upload_metadata_fits
@@ -255,6 +256,32 @@ def gallery(app: Cli, path: Path, limit: int) -> None:
     records = jobs.recent(limit)
     write_gallery(path, records, lambda bucket, key: jobs.image(key, bucket), subtitle=jobs.target.description)
     app.console.print(f"wrote {path} ({len(records)} job(s))")
+
+
+@cli.command()
+@click.option("--days", type=int, default=7, show_default=True, help="UTC days to show, newest first")
+@pass_cli
+def usage(app: Cli, days: int) -> None:
+    """Kling units and dollars per UTC day, and each model's slots, from the account governor's ledger."""
+    spend, slots = app.jobs.usage(days)
+    if not spend and not slots:
+        app.console.print(
+            "no usage recorded (the governor is off: KLING_CONCURRENCY_LIMIT and KLING_DAILY_UNIT_BUDGET unset)"
+        )
+        return
+    table = Table(title=f"Kling usage on {app.jobs.target.description}")
+    for column in ("day", "units spent", "reserved", "budget", "dollars"):
+        table.add_column(column, justify="left" if column == "day" else "right")
+    for day in spend:
+        budget = f"{day.budget:g}" if day.budget else "unlimited"
+        table.add_row(day.day, f"{day.spent:g}", f"{day.reserved:g}", budget, f"${day.dollars:.2f}")
+    app.console.print(table)
+    for item in slots:
+        model = str(item["job_id"]).split("/", 1)[1]
+        effective, free = int(item.get("effective", 0)), int(item.get("free", 0))
+        app.console.print(
+            f"slots {model}: {effective - free} of {effective} in use (limit {int(item.get('slot_limit', 0))})"
+        )
 
 
 cli.add_command(stack_group)

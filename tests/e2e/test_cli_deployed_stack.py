@@ -11,9 +11,11 @@ from click.testing import CliRunner
 from devstack.cli.klingctl import cli
 from devstack.stack.aws_resources import AwsResources
 from kling_pipeline.adapters.dynamodb import DynamoJobRecords
+from kling_pipeline.adapters.ledger import DynamoAccountLedger
 from kling_pipeline.contract.errors import JobError
 from kling_pipeline.contract.record import JobRecord
 from kling_pipeline.contract.status import JobStatus
+from kling_pipeline.ports import Ask
 
 
 def _template(outputs: dict[str, str]) -> str:
@@ -109,3 +111,21 @@ def test_no_local_stack_says_how_to_start_one(tmp_path) -> None:
     result = _klingctl("--state", str(tmp_path / "state.json"), "list")
     assert result.exit_code == 1
     assert "start one with `klingctl stack up`" in result.output
+
+
+def test_usage_reads_the_governors_ledger_and_list_leaves_it_out(aws: AwsResources) -> None:
+    boto3.client("cloudformation").create_stack(StackName="kling-dev", TemplateBody=_template(_outputs(aws)))
+    ledger = DynamoAccountLedger(aws.table)
+    ask = Ask(job_id="metered-1", lease_owner="owner", model="kling-v3", slots=3, units=24.0, day="2026-12-02")
+    records = DynamoJobRecords(aws.table)
+    records.create(JobRecord(job_id="metered-1", status=JobStatus.PENDING, submit_lease_owner="owner"))
+    assert ledger.reserve(ask, limit=10, budget=100.0, claimer=False, force=False, now_ms=0).granted
+
+    listed = _klingctl("--stack", "kling-dev", "list")
+    assert listed.exit_code == 0, listed.output
+    assert "metered-1" in listed.output and "#slots" not in listed.output
+
+    shown = _klingctl("--stack", "kling-dev", "usage", "--days", "3")
+    assert shown.exit_code == 0, shown.output
+    assert "2026-12-02" in shown.output and "24" in shown.output and "100" in shown.output
+    assert "slots kling-v3: 3 of 10 in use (limit 10)" in shown.output

@@ -70,6 +70,7 @@ EXPECTED: dict[str, Grants] = {
         # The SQS trigger polls with the role (receive, delete, attributes); submit delays a retry (visibility).
         (JOBS_QUEUE, "sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes"),
         (JOBS_QUEUE, "sqs:ChangeMessageVisibility"),
+        (JOBS_QUEUE, "sqs:SendMessage"),  # a job waiting for Kling's slots goes back as a delayed message
         *lambda_runtime("SubmitLogGroup"),
     ),
     "WebhookFunction": grants(
@@ -103,6 +104,7 @@ EXPECTED: dict[str, Grants] = {
         (BUS, "events:PutEvents"),
         (KLING_KEY, "secretsmanager:GetSecretValue"),
         (JOBS_DLQ, "sqs:ReceiveMessage", "sqs:DeleteMessage"),
+        (JOBS_QUEUE, "sqs:SendMessage"),  # deferred jobs, re-queued when the next day's budget opens
         (IMAGES_OBJECTS, "s3:PutObject", "s3:AbortMultipartUpload"),
         *lambda_runtime("ReconcileLogGroup"),
     ),
@@ -231,14 +233,17 @@ def test_iam_over_grant_no_function_may_scan_or_delete_job_records(translated: d
     assert not found, f"{function}: {found}"
 
 
-def test_iam_over_grant_reconcile_cannot_send_to_the_jobs_queue(translated: dict[str, Any]) -> None:
-    """Regression (hardening #15): reconcile had SQSSendMessagePolicy on the jobs queue, though it never sends
-    there: it sweeps the jobs DLQ (receive, delete), whose URL the template gives it as JOBS_DLQ_URL."""
+def test_iam_over_grant_reconcile_sends_to_the_jobs_queue_only_to_requeue_deferred_jobs(
+    translated: dict[str, Any],
+) -> None:
+    """Regression (hardening #15): reconcile had SQSSendMessagePolicy on the jobs queue (every SQS write action),
+    though it sweeps the jobs DLQ (receive, delete). Since the governor it re-queues deferred jobs when the next
+    day's budget opens: exactly sqs:SendMessage on the jobs queue, nothing else there."""
     reconcile = granted(translated, "ReconcileFunction")
     # However the ARN is written (GetAtt, or a Sub of its QueueName as SAM's policy templates write it).
     on_jobs_queue = sorted((action, resource) for action, resource in reconcile if "${JobsQueue." in resource)
-    assert on_jobs_queue == []
-    assert not [action for action, _ in reconcile if action.startswith("sqs:Send")]
+    assert on_jobs_queue == [("sqs:SendMessage", "${JobsQueue.Arn}")]
+    assert [resource for action, resource in reconcile if action.startswith("sqs:Send")] == ["${JobsQueue.Arn}"]
 
 
 @pytest.mark.parametrize("function", FUNCTIONS.values())
