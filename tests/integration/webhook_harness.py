@@ -113,7 +113,8 @@ class Pipeline:
 
     def create_task(self, job_id: str, *, n: int = 1, watermark: bool = False, record: bool = True) -> KlingTask:
         """Create the task at the simulator (callback_url -> webhook_base_url) and, by default, record the job
-        as `submitted` with the task id, as submit does."""
+        as submit does: `pending` before the create (a `submitted` callback may arrive before the create
+        returns, and must find the job), then `submitted` with the task id unless a callback bound it first."""
         body: dict[str, Any] = {
             "model_name": "kling-v3",
             "prompt": "a lighthouse at dusk",
@@ -123,11 +124,13 @@ class Pipeline:
         }
         if watermark:
             body["watermark_info"] = {"enabled": True}
+        if record:
+            assert self.store.create(JobRecord(job_id=job_id, status=JobStatus.PENDING))
         with KlingClient(self.sim.base_url, BearerKeyAuth(API_KEY)) as client:
             task = client.create_task(body)
         if record:
-            status = JobStatus.SUBMITTED
-            assert self.store.create(JobRecord(job_id=job_id, status=status, kling_task_id=task.task_id))
+            self.store.advance(job_id, JobStatus.SUBMITTED, changes={"kling_task_id": task.task_id})
+            assert self.record(job_id).kling_task_id == task.task_id
         return task
 
     def callback_event(self, job_id: str, task: dict[str, Any] | str | bytes, **kwargs: Any) -> dict[str, Any]:
