@@ -13,8 +13,10 @@ from kling_pipeline.adapters.ledger import DynamoAccountLedger
 from kling_pipeline.contract.clock import now_millis
 from kling_pipeline.contract.lease import Lease
 from kling_pipeline.contract.record import JobRecord
+from kling_pipeline.contract.settings import FunctionEnvironment
 from kling_pipeline.contract.status import JobStatus
 from kling_pipeline.ports import Ask, Denied
+from kling_pipeline.runtime.parts import job_records
 
 MODEL = "kling-v3"
 DAY = "2030-01-02"
@@ -157,3 +159,30 @@ def test_repair_brings_the_ledger_back_to_what_jobs_hold(world) -> None:  # type
     repaired = ledger.slots(MODEL)
     assert repaired is not None and (repaired.free, repaired.spare, repaired.in_use) == (8, 8, 2)
     assert records.held_slots() == {MODEL: 5}  # the truth the reconciler counts from (the open-jobs index)
+
+
+def test_the_wired_table_gives_slots_back_when_the_task_ends_not_when_the_copy_does(aws: AwsResources) -> None:
+    """A `succeed` moves the job to `copying`: Kling freed its slots then, so must the ledger, even while the
+    copy fails and is retried; the final write after it gives back nothing a second time."""
+    records = job_records(FunctionEnvironment(jobs_table=aws.table, images_bucket=aws.images_bucket))
+    ledger = DynamoAccountLedger(aws.table, boto3.client("dynamodb"))
+    world = (records, ledger, DynamoSubmitLeases(aws.table, boto3.client("dynamodb")))
+    for job_id in ("job-copying", "job-other"):
+        owner = pending_job(world, job_id)
+        assert reserve(ledger, ask(job_id, owner, slots=3, units=24), budget=100).granted
+        assert records.advance(job_id, JobStatus.SUBMITTED, changes={"kling_task_id": f"task-{job_id}"})
+
+    copying = records.advance(
+        "job-copying", JobStatus.COPYING, changes={"units": 24}, expected_task_id="task-job-copying"
+    )
+    assert copying is not None
+    record = records.get("job-copying")
+    assert record is not None and record.slots_held is None  # the record no longer holds them
+    state = ledger.slots(MODEL)
+    assert state is not None and (state.in_use, state.free) == (3, 7)  # only the other job's slots are held
+    budget = ledger.budget(DAY)
+    assert budget is not None and budget.spent == 24  # settled with Kling's deduction at the same moment
+
+    assert records.advance("job-copying", JobStatus.SUCCEEDED) is not None
+    state = ledger.slots(MODEL)
+    assert state is not None and (state.in_use, state.free) == (3, 7)  # not freed twice

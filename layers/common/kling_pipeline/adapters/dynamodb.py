@@ -194,7 +194,8 @@ def conditional_update(
 class DynamoJobRecords:
     """The JobRecords port on the jobs table.
 
-    `on_final` (the event publisher) is called by the writer whose conditional write made a job final. That
+    `on_task_ended` is called by the writer whose conditional write moved a job to `copying` (its Kling task
+    ended). `on_final` (the event publisher) is called by the writer whose conditional write made a job final. That
     write also sets `event_pending` and keeps the job on the open-jobs index; a publish that succeeds clears
     both, one that fails leaves them for the reconciler (`announce`): every final job's event goes out at
     least once.
@@ -208,8 +209,10 @@ class DynamoJobRecords:
         open_shards: int = DEFAULT_OPEN_SHARDS,
         retention_days: int = DEFAULT_RETENTION_DAYS,
         on_final: Callable[[JobRecord], None] | None = None,
+        on_task_ended: Callable[[JobRecord], object] | None = None,
     ) -> None:
         self._table = table_name
+        self._on_task_ended = on_task_ended
         self._client = client if client is not None else boto3.client("dynamodb")
         self._open_shards = open_shards
         self._retention_seconds = retention_days * 86400
@@ -262,6 +265,8 @@ class DynamoJobRecords:
         record = self._update(job_id, sets, removals, condition)
         if record is not None and to.is_final:
             self._announce(record)
+        elif record is not None and to is JobStatus.COPYING:
+            self._task_ended(record)
         return record
 
     def update_open(
@@ -385,6 +390,17 @@ class DynamoJobRecords:
         except ClientError:
             logger.exception("the job's event was published but not marked so; it may be published again")
         return True
+
+    def _task_ended(self, record: JobRecord) -> None:
+        """Kling's task ended (`succeed`; the job now copies its images): what it held of the account goes back
+        now, not after the copy, which may take long or fail for hours. A failure here is logged, never raised:
+        the final write gives it back again (`on_final`; the give-back is guarded on the record, so once)."""
+        if self._on_task_ended is None:
+            return
+        try:
+            self._on_task_ended(record)
+        except Exception:
+            logger.exception("the job's slots could not be given back yet; they are when the job is final")
 
     def _expiry(self) -> int:
         return int(time.time()) + self._retention_seconds

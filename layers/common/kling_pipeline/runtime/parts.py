@@ -16,8 +16,9 @@ from kling_pipeline.contract.settings import FunctionEnvironment, ImageCopyOptio
 
 
 def job_records(env: FunctionEnvironment) -> DynamoJobRecords:
-    """The jobs table. Every job a function makes final gives back what it holds of the Kling account (slots,
-    its unit estimate settled) and is announced on the event bus; the table's outbox re-drives a step that
+    """The jobs table. Every job whose Kling task ended (`copying`) or that a function makes final gives back what
+    it holds of the Kling account (slots, its unit estimate settled), and every final job is announced on the
+    event bus; the table's outbox re-drives a step that
     failed (each is safe to repeat: the ledger's release is guarded on the record)."""
     dynamodb = boto3.client("dynamodb")
     ledger = DynamoAccountLedger(env.jobs_table, dynamodb)
@@ -27,7 +28,8 @@ def job_records(env: FunctionEnvironment) -> DynamoJobRecords:
         ledger.release(record)
         publisher(record)
 
-    return DynamoJobRecords(env.jobs_table, dynamodb, on_final=finish)
+    # Kling frees a task's slots when it ends, not when its images are stored: so does the ledger.
+    return DynamoJobRecords(env.jobs_table, dynamodb, on_final=finish, on_task_ended=ledger.release)
 
 
 def image_copier(env: ImageCopyOptions, *, s3: Any | None = None) -> ImageCopier:
