@@ -18,7 +18,7 @@ from typing import Any
 from bench import Table
 from devstack.events.lambda_context import LambdaContext
 from devstack.kling_simulator import KlingSimulator, SimulatorConfig
-from devstack.stack.aws_resources import create_resources
+from devstack.stack.template_stack import create_resources
 from devstack.stack.environment import environment_set
 from devstack.stack.moto_server import MotoServer
 from devstack.stack.runner.scheduler import scheduled_event

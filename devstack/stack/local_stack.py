@@ -25,7 +25,7 @@ from devstack.events import REGION
 from devstack.events.sqs import queue_arn
 from devstack.kling_simulator import KlingSimulator, SimulatorConfig
 from devstack.shutdown import wait_until_set
-from devstack.stack.aws_resources import AwsResources, create_resources
+from devstack.stack.template_stack import AwsResources, create_resources
 from devstack.stack.moto_server import MotoServer
 from devstack.stack.runner.functions import FunctionSpec, LambdaFunction
 from devstack.stack.runner.http_front import HttpApiFront

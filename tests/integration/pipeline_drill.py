@@ -14,7 +14,7 @@ import pytest
 
 from devstack.events.sqs import queue_arn
 from devstack.kling_simulator import KlingSimulator, SimulatorConfig
-from devstack.stack.aws_resources import AwsResources, create_resources
+from devstack.stack.template_stack import AwsResources, create_resources
 from devstack.stack.moto_server import MotoServer
 from devstack.stack.runner.functions import FunctionSpec, LambdaFunction
 from devstack.stack.runner.scheduler import Schedule

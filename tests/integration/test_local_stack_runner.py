@@ -17,7 +17,7 @@ import pytest
 import requests
 
 from devstack.events.sqs import queue_arn
-from devstack.stack.aws_resources import AwsResources
+from devstack.stack.template_stack import AwsResources
 from devstack.stack.runner.functions import FunctionSpec, LambdaFunction
 from devstack.stack.runner.http_front import HttpApiFront
 from devstack.stack.runner.s3_notifications import configure_upload_notifications, notification_dispatch
