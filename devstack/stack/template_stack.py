@@ -268,4 +268,3 @@ def create_resources(
 def _stack_name(prefix: str) -> str:
     name = re.sub(r"[^A-Za-z0-9-]", "-", prefix)
     return name if name[:1].isalpha() else f"s-{name}"
-

@@ -21,21 +21,16 @@ Handler = Callable[[Any, Any], Any]
 
 @dataclass(frozen=True)
 class FunctionSpec:
-    """What the template says about a function: its name, handler module, timeout and memory."""
+    """What the deployed stack says about a function: its name, handler module and attribute, timeout and memory."""
 
     name: str
     module: str
     timeout_seconds: int = 30
     memory_mb: int = 512
+    handler: str = "lambda_handler"
     # Per-function variables (e.g. POWERTOOLS_SERVICE_NAME). Functions share one process, so these are set
     # only while the handler module is imported, which is when Powertools reads them.
     import_environment: Mapping[str, str] = field(default_factory=dict)
-
-    def importable(self) -> bool:
-        try:
-            return importlib.util.find_spec(self.module) is not None
-        except ModuleNotFoundError:
-            return False
 
 
 class LambdaFunction:
@@ -60,7 +55,7 @@ class LambdaFunction:
         """Import the handler module now (the cold start), so a broken function fails the stack's start."""
         with environment_set(self.spec.import_environment):
             module = importlib.import_module(self.spec.module)
-        self._handler = module.lambda_handler
+        self._handler = getattr(module, self.spec.handler)
         return self
 
     def invoke(self, event: Any) -> Any:
