@@ -106,8 +106,21 @@ def stack_status(path: Path, state: StackState) -> None:
                 f"  {label}: {attributes.get('ApproximateNumberOfMessages', '?')} waiting, "
                 f"{attributes.get('ApproximateNumberOfMessagesNotVisible', '?')} in flight"
             )
+    if alive:
+        _show_resources(local_target(path).client("cloudformation"), state.stack_name)
     if not alive:
         sys.exit(EXIT_NOT_RUNNING)
+
+
+def _show_resources(cloudformation: Any, stack_name: str) -> None:
+    """The stack's resources as CloudFormation lists them (those moto's CloudFormation skips are left out)."""
+    resources = cloudformation.list_stack_resources(StackName=stack_name)["StackResourceSummaries"]
+    click.echo(f"  stack {stack_name}: {len(resources)} resource(s)")
+    for resource in resources:
+        click.echo(
+            f"    {resource['LogicalResourceId']} {resource['ResourceType']} "
+            f"{resource.get('PhysicalResourceId') or '-'} {resource['ResourceStatus']}"
+        )
 
 
 def _state_path(ctx: click.Context, own: Path | None) -> Path:
