@@ -27,7 +27,7 @@ class DeployedFunction:
     timeout_seconds: int
     memory_mb: int
     environment: dict[str, str]
-    dead_letter_arn: str | None = None
+    dead_letter_queue: str | None = None  # the name of the DeadLetterConfig's queue
 
 
 @dataclass(frozen=True)
@@ -73,9 +73,18 @@ def functions(stack: DeployedStack, lambda_client: Any) -> dict[str, DeployedFun
             timeout_seconds=int(config["Timeout"]),
             memory_mb=int(config["MemorySize"]),
             environment=environment,
-            dead_letter_arn=config.get("DeadLetterConfig", {}).get("TargetArn"),
+            dead_letter_queue=_dead_letter_queue(stack, config, properties),
         )
     return found
+
+
+def _dead_letter_queue(stack: DeployedStack, config: Mapping[str, Any], properties: Mapping[str, Any]) -> str | None:
+    """Lambda's DeadLetterConfig (moto does not report it, so the template's is read too), as a queue name."""
+    arn = config.get("DeadLetterConfig", {}).get("TargetArn")
+    if isinstance(arn, str):
+        return arn.rsplit(":", 1)[-1]
+    targets = references(properties.get("DeadLetterConfig", {}).get("TargetArn"))
+    return stack.physical_id(targets.pop()).rsplit("/", 1)[-1] if len(targets) == 1 else None
 
 
 def _emulated_variables(stack: DeployedStack, properties: Mapping[str, Any]) -> dict[str, str]:
@@ -165,3 +174,42 @@ def rate_seconds(expression: str) -> float | None:
     if match is None:
         return None
     return float(int(match.group(1)) * _UNIT_SECONDS[match.group(2).rstrip("s")])
+
+
+class StackCheckError(RuntimeError):
+    """The deployed stack cannot run the pipeline as the contract says; the message names what and where."""
+
+
+def environment_problems(functions: Mapping[str, DeployedFunction], local: Mapping[str, str]) -> list[str]:
+    """Each function's deployed variables (with the local overrides) checked against its contract model,
+    `kling_pipeline.contract.settings.<Name>Environment` (functions/submit/ -> SubmitEnvironment). The functions
+    share one process here, so a variable one function lacks would otherwise be lent by another."""
+    from kling_pipeline.contract import settings
+    from kling_pipeline.contract.errors import ConfigurationError
+    from kling_pipeline.runtime.environment import load_environment
+
+    problems = []
+    for function in functions.values():
+        model = getattr(settings, f"{function.name.capitalize()}Environment", None)
+        if model is None:
+            problems.append(f"{function.logical_id}: no contract model {function.name.capitalize()}Environment")
+            continue
+        try:
+            load_environment(model, {**function.environment, **local})
+        except ConfigurationError as exc:
+            problems.append(f"{function.logical_id} ({function.name}): {exc}")
+    return problems
+
+
+def redrive_problems(mappings: list[QueueMapping], sqs: Any) -> list[str]:
+    """A queue a function is fed from needs a redrive policy: without one a message that keeps failing is
+    retried until it expires, never parked with a reason (the pipeline's rule: no endless retries)."""
+    problems = []
+    for mapping in mappings:
+        url = sqs.get_queue_url(QueueName=mapping.queue_arn.rsplit(":", 1)[-1])["QueueUrl"]
+        attributes = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["RedrivePolicy"]).get("Attributes", {})
+        if "RedrivePolicy" not in attributes:
+            problems.append(
+                f"{mapping.queue_arn} (feeds {mapping.function}): no RedrivePolicy, failures never reach a DLQ"
+            )
+    return problems

@@ -106,7 +106,12 @@ class LocalStack:
         self._start_kling_and_front(api_key)
         stack = self._start_aws(api_key)
         lambda_client = boto3.client("lambda")
-        specs = self._function_specs(deployed.functions(stack, lambda_client))
+        functions = deployed.functions(stack, lambda_client)
+        problems = deployed.environment_problems(functions, self._local_variables())
+        problems += deployed.redrive_problems(deployed.queue_mappings(stack, lambda_client), boto3.client("sqs"))
+        if problems:
+            raise deployed.StackCheckError(f"stack {stack.name}: " + "; ".join(problems))
+        specs = self._function_specs(functions)
         notifications = self._start_functions(stack, specs, lambda_client)
         logger.info("overriding the deployed stack with local parts: %s", self.overrides)
         # Written last: a state file means the stack is ready (wait_ready and the tests poll for it).
@@ -159,6 +164,8 @@ class LocalStack:
             for name, value in {**function.environment, **local}.items():
                 values.setdefault(name, set()).add(value)
         shared = {name: next(iter(v)) for name, v in values.items() if len(v) == 1}
+        # One process, one environment: the union of the functions' variables (environment_problems checked
+        # each function's own set); a variable whose value differs is set while its function is imported.
         os.environ.update(shared)
         return {
             logical_id: FunctionSpec(
@@ -197,7 +204,7 @@ class LocalStack:
         notifications = None
         functions = deployed.functions(stack, lambda_client)
         for notification in deployed.bucket_notifications(stack):
-            dead_letters = functions[notification.function].dead_letter_arn
+            dead_letters = functions[notification.function].dead_letter_queue
             notifications = self._poll_uploads(
                 self._load(specs[notification.function]), sqs, notification, dead_letters
             )
@@ -230,7 +237,7 @@ class LocalStack:
             sqs,
             bucket=notification.bucket,
             queue_name=f"{self.config.prefix}-{function.name}-notifications",
-            dlq_name=dead_letters.rsplit(":", 1)[-1] if dead_letters else None,
+            dlq_name=dead_letters,
             prefix=notification.filter_rules.get("prefix", ""),
         )
         poller = QueuePoller(
