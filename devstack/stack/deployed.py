@@ -27,6 +27,7 @@ class DeployedFunction:
     timeout_seconds: int
     memory_mb: int
     environment: dict[str, str]
+    role_arn: str
     dead_letter_queue: str | None = None  # the name of the DeadLetterConfig's queue
 
 
@@ -73,6 +74,7 @@ def functions(stack: DeployedStack, lambda_client: Any) -> dict[str, DeployedFun
             timeout_seconds=int(config["Timeout"]),
             memory_mb=int(config["MemorySize"]),
             environment=environment,
+            role_arn=config["Role"],
             dead_letter_queue=_dead_letter_queue(stack, config, properties),
         )
     return found

@@ -9,6 +9,7 @@ it; Ctrl-C, SIGTERM or `klingctl stack down` stops everything it started.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import secrets
@@ -25,7 +26,7 @@ import boto3
 from devstack.events import REGION
 from devstack.kling_simulator import KlingSimulator, SimulatorConfig
 from devstack.shutdown import wait_until_set
-from devstack.stack import deployed
+from devstack.stack import deployed, iam_proof
 from devstack.stack.moto_server import MotoServer
 from devstack.stack.runner.functions import FunctionSpec, LambdaFunction
 from devstack.stack.runner.http_front import HttpApiFront
@@ -37,7 +38,7 @@ from devstack.stack.runner.s3_notifications import (
 from devstack.stack.runner.scheduler import Schedule
 from devstack.stack.runner.sqs_poller import QueuePoller, lambda_dispatch
 from devstack.stack.state import StackState, default_state_path
-from devstack.stack.template_stack import TEMPLATE, DeployedStack, TemplateEdit, deploy, set_property
+from devstack.stack.template_stack import TEMPLATE, DeployedStack, TemplateEdit, deploy, references, set_property
 
 logger = logging.getLogger("devstack.stack")
 
@@ -90,6 +91,9 @@ class LocalStack:
         self._pollers: list[QueuePoller] = []
         self._schedules: list[Schedule] = []
         self.state: StackState | None = None
+        self.calls = iam_proof.CallRecorder(REGION)
+        self._roles: dict[str, str] = {}  # function name -> logical id
+        self.iam_report: iam_proof.Report | None = None
 
     def start(self) -> StackState:
         try:
@@ -112,6 +116,8 @@ class LocalStack:
         if problems:
             raise deployed.StackCheckError(f"stack {stack.name}: " + "; ".join(problems))
         specs = self._function_specs(functions)
+        self._roles = {function.name: function.logical_id for function in functions.values()}
+        iam_proof.install(self.calls)
         notifications = self._start_functions(stack, specs, lambda_client)
         logger.info("overriding the deployed stack with local parts: %s", self.overrides)
         # Written last: a state file means the stack is ready (wait_ready and the tests poll for it).
@@ -133,9 +139,15 @@ class LocalStack:
         if config.visibility_timeout is not None:
             edits.append(set_property("JobsQueue", "VisibilityTimeout", config.visibility_timeout))
             self.overrides["JobsQueue.VisibilityTimeout"] = str(config.visibility_timeout)
+        # A bus of the stack's own (the EventBusName parameter): moto's PutEvents fails on a bus that holds a
+        # schedule rule, and the template's reconcile schedule is on the default bus.
+        event_bus = f"{config.prefix}-events"
+        boto3.client("events").create_event_bus(Name=event_bus)
+        self.overrides["EventBusName"] = event_bus
         self.stack = deploy(
             config.prefix,
             edits=tuple(edits),
+            parameters={"EventBusName": event_bus},
             secret_values={KLING_API_KEY_SECRET: api_key},
             template_path=config.template_path,
         )
@@ -297,12 +309,40 @@ class LocalStack:
             self._simulator.stop()
             self._simulator = None
         if self._moto is not None:
+            self._check_iam()
             self._moto.stop()
             self._moto = None
         if self.state is not None:
             _remove_own_state(self.config.state_path, self.state.pid)
             self.state = None
         logger.info("local stack stopped in %.2fs", time.monotonic() - started)
+
+    def _check_iam(self) -> None:
+        """The calls the functions made against their roles; the report goes beside the state file."""
+        if not self._roles:
+            return
+        assert self.stack is not None
+        iam, stack = boto3.client("iam"), self.stack
+        policies = {}
+        for name, logical_id in self._roles.items():
+            role = stack.template["Resources"][logical_id]["Properties"]["Role"]
+            (role_id,) = references(role)
+            policies[name] = iam_proof.role_policies(
+                iam, stack.physical_id(role_id), stack.template["Resources"][role_id]["Properties"], stack.emulated
+            )
+        self.iam_report = iam_proof.check(self.calls.calls, policies)
+        path = self.config.state_path.with_name("iam-report.json")
+        path.write_text(json.dumps(self.iam_report.as_dict(), indent=2) + "\n")
+        for call in self.iam_report.denied:
+            logger.error(
+                "IAM: %s called %s on %s, which its role does not allow", call.function, call.action, call.resource
+            )
+        logger.info(
+            "IAM: %d call(s) allowed, %d denied; report in %s",
+            self.iam_report.allowed,
+            len(self.iam_report.denied),
+            path,
+        )
 
     def _load(self, spec: FunctionSpec) -> LambdaFunction:
         """One LambdaFunction per function, however many triggers it has."""

@@ -8,6 +8,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +18,9 @@ from devstack.stack.environment import environment_set
 logger = logging.getLogger("devstack.functions")
 
 Handler = Callable[[Any, Any], Any]
+
+# The function whose invocation this code runs in (None: the runner's own code); the IAM proof reads it.
+CURRENT_FUNCTION: ContextVar[str | None] = ContextVar("current_function", default=None)
 
 
 @dataclass(frozen=True)
@@ -71,6 +75,7 @@ class LambdaFunction:
                 memory_mb=self.spec.memory_mb,
             )
             started = time.monotonic()
+            token = CURRENT_FUNCTION.set(self.spec.name)
             try:
                 return self._handler(event, context)
             except Exception:
@@ -78,6 +83,7 @@ class LambdaFunction:
                 logger.exception("%s: invocation failed", self.spec.name)
                 raise
             finally:
+                CURRENT_FUNCTION.reset(token)
                 elapsed = time.monotonic() - started
                 if elapsed > self.spec.timeout_seconds:
                     logger.warning("%s: ran %.1fs, past its %ds timeout", self.name, elapsed, self.spec.timeout_seconds)
