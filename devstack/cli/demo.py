@@ -20,6 +20,7 @@ from devstack.cli.jobs import Jobs, object_metadata
 from devstack.cli.progress import watch
 from devstack.cli.views import status_text
 from devstack.stack.control import spawn_stack, stop_process, wait_ready
+from devstack.stack.iam_proof import denials, report_path
 from devstack.stack.state import pid_alive
 from devstack.stack.target import local_target
 from kling_pipeline.contract.record import JobRecord
@@ -122,7 +123,13 @@ def run_demo(out: Path, timeout: float, console: Console) -> bool:
         console.print(f"[red]the stack (pid {process.pid}) is still running[/]")
         return False
     console.print(f"stack stopped (exit code {code}); demo took {time.monotonic() - started:.1f}s")
-    return all(record is not None and record.status is JobStatus.SUCCEEDED for record in records.values())
+    denied = denials(state_path)
+    for denial in denied:
+        console.print(f"[red]IAM: {denial}[/]")
+    console.print(f"IAM: {len(denied)} call(s) outside the functions' roles; see {report_path(state_path)}")
+    return not denied and all(
+        record is not None and record.status is JobStatus.SUCCEEDED for record in records.values()
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

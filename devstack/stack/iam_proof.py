@@ -14,6 +14,7 @@ import json
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
@@ -21,6 +22,7 @@ import botocore.session
 from moto.iam.access_control import IAMPolicy, PermissionResult
 
 from devstack.stack.runner.functions import CURRENT_FUNCTION
+from devstack.stack.template_stack import DeployedStack, references
 
 ACCOUNT = "123456789012"
 
@@ -124,6 +126,31 @@ class Report:
             "allowed_calls": self.allowed,
             "granted_never_called": self.unused,
         }
+
+
+def report_path(state_path: Path) -> Path:
+    return state_path.with_name("iam-report.json")
+
+
+def denials(state_path: Path) -> list[str]:
+    """The denied calls a stopped stack reported, as text naming function, action and resource."""
+    report = json.loads(report_path(state_path).read_text())
+    return [
+        f"{d['function']} called {d['action']} on {d['resource']}, which its role does not allow"
+        for d in report["denied"]
+    ]
+
+
+def stack_policies(iam: Any, stack: DeployedStack, functions: Mapping[str, str]) -> dict[str, list[Any]]:
+    """Function name -> the inline policies of the role the stack gives it (`functions`: name -> logical id)."""
+    resources = stack.template["Resources"]
+    policies = {}
+    for name, logical_id in functions.items():
+        (role_id,) = references(resources[logical_id]["Properties"]["Role"])
+        policies[name] = role_policies(
+            iam, stack.physical_id(role_id), resources[role_id]["Properties"], stack.emulated
+        )
+    return policies
 
 
 def role_policies(iam: Any, role_arn: str, template_role: Mapping[str, Any], emulated: Mapping[str, str]) -> list[Any]:

@@ -38,7 +38,7 @@ from devstack.stack.runner.s3_notifications import (
 from devstack.stack.runner.scheduler import Schedule
 from devstack.stack.runner.sqs_poller import QueuePoller, lambda_dispatch
 from devstack.stack.state import StackState, default_state_path
-from devstack.stack.template_stack import TEMPLATE, DeployedStack, TemplateEdit, deploy, references, set_property
+from devstack.stack.template_stack import TEMPLATE, DeployedStack, TemplateEdit, deploy, set_property
 
 logger = logging.getLogger("devstack.stack")
 
@@ -322,16 +322,9 @@ class LocalStack:
         if not self._roles:
             return
         assert self.stack is not None
-        iam, stack = boto3.client("iam"), self.stack
-        policies = {}
-        for name, logical_id in self._roles.items():
-            role = stack.template["Resources"][logical_id]["Properties"]["Role"]
-            (role_id,) = references(role)
-            policies[name] = iam_proof.role_policies(
-                iam, stack.physical_id(role_id), stack.template["Resources"][role_id]["Properties"], stack.emulated
-            )
+        policies = iam_proof.stack_policies(boto3.client("iam"), self.stack, self._roles)
         self.iam_report = iam_proof.check(self.calls.calls, policies)
-        path = self.config.state_path.with_name("iam-report.json")
+        path = iam_proof.report_path(self.config.state_path)
         path.write_text(json.dumps(self.iam_report.as_dict(), indent=2) + "\n")
         for call in self.iam_report.denied:
             logger.error(

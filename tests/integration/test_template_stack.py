@@ -10,7 +10,7 @@ from pathlib import Path
 import boto3
 import pytest
 
-from devstack.stack import deployed
+from devstack.stack import deployed, iam_proof
 from devstack.stack.moto_server import MotoServer
 from devstack.stack.template_stack import TEMPLATE, DeployedStack, deploy
 from kling_pipeline.contract.callback_tokens import CALLBACK_ROUTE
@@ -115,3 +115,30 @@ def test_a_mapped_queue_without_a_redrive_policy_is_named(moto_server: MotoServe
     stack = _deploy(tmp_path, drop_redrive)
     (problem,) = deployed.redrive_problems(deployed.queue_mappings(stack, boto3.client("lambda")), boto3.client("sqs"))
     assert "JobsQueue" in problem and "RedrivePolicy" in problem
+
+
+def _ingest_sends_a_job(stack: DeployedStack, *, remove_queue_permission: bool = False) -> iam_proof.Report:
+    queue = stack.outputs["JobsQueueUrl"].rsplit("/", 1)[-1]
+    call = iam_proof.Call("ingest", "sqs:SendMessage", f"arn:aws:sqs:us-east-1:{iam_proof.ACCOUNT}:{queue}")
+    policies = iam_proof.stack_policies(boto3.client("iam"), stack, {"ingest": "IngestFunction"})
+    return iam_proof.check({call}, policies)
+
+
+def test_a_call_the_functions_role_allows_passes_the_iam_check(stack: DeployedStack) -> None:
+    report = _ingest_sends_a_job(stack)
+    assert (report.denied, report.allowed) == ([], 1)
+    assert "sqs:SendMessage" not in report.unused["ingest"]
+
+
+def test_a_call_whose_permission_was_removed_is_named(moto_server: MotoServer, tmp_path: Path) -> None:
+    change = _replace(
+        "              - Sid: QueueJobs\n                Effect: Allow\n                Action: sqs:SendMessage\n"
+        "                Resource: !GetAtt JobsQueue.Arn\n",
+        "",
+    )
+    (denied,) = _ingest_sends_a_job(_deploy(tmp_path, change)).denied
+    assert (denied.function, denied.action) == ("ingest", "sqs:SendMessage")
+    assert (
+        denied.resource.endswith(stack_queue_name := denied.resource.rsplit(":", 1)[-1])
+        and "JobsQueue" in stack_queue_name
+    )
