@@ -109,6 +109,22 @@ def only_types(types: frozenset[str]) -> TemplateEdit:
     return edit
 
 
+_NAME_PROPERTY = {"AWS::DynamoDB::Table": "TableName", "AWS::SQS::Queue": "QueueName", "AWS::S3::Bucket": "BucketName"}
+
+
+def fixed_names(prefix: str) -> TemplateEdit:
+    """An edit naming each table, queue and bucket `<prefix>-<logicalid>` (lower case), where CloudFormation would
+    add a random suffix: tests that redeploy a stack per test then find the same names (handlers' cached wiring)."""
+
+    def edit(template: dict[str, Any]) -> None:
+        for logical_id, resource in template["Resources"].items():
+            name_property = _NAME_PROPERTY.get(resource["Type"])
+            if name_property is not None:
+                resource.setdefault("Properties", {})[name_property] = f"{prefix}-{logical_id}".lower()
+
+    return edit
+
+
 def set_property(logical_id: str, name: str, value: Any) -> TemplateEdit:
     def edit(template: dict[str, Any]) -> None:
         template["Resources"][logical_id]["Properties"][name] = value
@@ -256,9 +272,10 @@ def create_resources(
     visibility_timeout: int | None = None,
     max_receive_count: int | None = None,
 ) -> AwsResources:
-    """The template's table, queues and buckets as a stack named `prefix`; the two options edit the copy
-    deployed (the jobs queue's VisibilityTimeout, the MaxReceiveCount parameter), the template stays as it is."""
-    edits: list[TemplateEdit] = [only_types(DATA_TYPES)]
+    """The template's table, queues and buckets as a stack named `prefix`, each named `<prefix>-<logicalid>`
+    (lower case); the two options edit the copy deployed (the jobs queue's VisibilityTimeout, the MaxReceiveCount
+    parameter), the template stays as it is."""
+    edits: list[TemplateEdit] = [only_types(DATA_TYPES), fixed_names(_stack_name(prefix))]
     if visibility_timeout is not None:
         edits.append(set_property("JobsQueue", "VisibilityTimeout", visibility_timeout))
     parameters = {} if max_receive_count is None else {"MaxReceiveCount": str(max_receive_count)}
