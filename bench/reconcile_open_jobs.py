@@ -18,10 +18,10 @@ from typing import Any
 from bench import Table
 from devstack.events.lambda_context import LambdaContext
 from devstack.kling_simulator import KlingSimulator, SimulatorConfig
-from devstack.stack.aws_resources import create_resources
 from devstack.stack.environment import environment_set
 from devstack.stack.moto_server import MotoServer
 from devstack.stack.runner.scheduler import scheduled_event
+from devstack.stack.template_stack import create_resources
 from functions.reconcile import app
 from kling_pipeline.adapters.dynamodb import DynamoJobRecords
 from kling_pipeline.contract.record import JobRecord

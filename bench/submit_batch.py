@@ -28,9 +28,9 @@ from bench import Table
 from devstack.events.lambda_context import LambdaContext
 from devstack.events.sqs import queue_arn, receive_records, sqs_event
 from devstack.kling_simulator import KlingSimulator, SimulatorConfig
-from devstack.stack.aws_resources import create_resources
 from devstack.stack.environment import environment_set
 from devstack.stack.moto_server import MotoServer
+from devstack.stack.template_stack import create_resources
 from functions.submit import app
 from kling_pipeline.adapters.dynamodb import DynamoJobRecords
 from kling_pipeline.contract.status import JobStatus

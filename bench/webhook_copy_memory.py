@@ -40,8 +40,8 @@ API_KEY = "bench-key"
 def run() -> Table:
     """Start AWS and Kling, measure each mode in a child process, and tabulate."""
     from devstack.kling_simulator import KlingSimulator, SimulatorConfig
-    from devstack.stack.aws_resources import create_resources
     from devstack.stack.moto_server import MotoServer
+    from devstack.stack.template_stack import create_resources
     from kling_pipeline.adapters.dynamodb import DynamoJobRecords
     from kling_pipeline.contract.callback_tokens import callback_url
     from kling_pipeline.contract.record import JobRecord

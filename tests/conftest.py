@@ -8,9 +8,9 @@ from collections.abc import Iterator
 import pytest
 
 from devstack.kling_simulator import KlingSimulator, SimulatorConfig
-from devstack.stack.aws_resources import AwsResources, create_resources
 from devstack.stack.environment import environment_set
 from devstack.stack.moto_server import MotoServer
+from devstack.stack.template_stack import AwsResources, create_resources
 
 
 @pytest.fixture(scope="session")

@@ -32,10 +32,10 @@ def stack_group() -> None:
 @stack_group.command(name="up")
 @_state_option
 @click.option("--detach", is_flag=True, help="Run in the background; `klingctl stack down` stops it.")
-@click.option("--reconcile-interval", type=float, default=10.0, show_default=True)
-@click.option("--visibility-timeout", type=int, default=10, show_default=True)
-@click.option("--batch-size", type=int, default=10, show_default=True)
-@click.option("--batching-window", type=float, default=0.0, show_default=True)
+@click.option("--reconcile-interval", type=float, default=None, help="Seconds [the schedule rule's rate].")
+@click.option("--visibility-timeout", type=int, default=None, help="The jobs queue's [the template's].")
+@click.option("--batch-size", type=int, default=None, help="Every SQS mapping's [the template's].")
+@click.option("--batching-window", type=float, default=None, help="Every SQS mapping's, seconds [the template's].")
 @click.option("--processing-delay", type=float, default=0.3, show_default=True, help="Simulated Kling timing (s).")
 @click.option("--succeed-delay", type=float, default=0.5, show_default=True, help="Simulated Kling timing (s).")
 @click.pass_context
@@ -106,8 +106,21 @@ def stack_status(path: Path, state: StackState) -> None:
                 f"  {label}: {attributes.get('ApproximateNumberOfMessages', '?')} waiting, "
                 f"{attributes.get('ApproximateNumberOfMessagesNotVisible', '?')} in flight"
             )
+    if alive:
+        _show_resources(local_target(path).client("cloudformation"), state.stack_name)
     if not alive:
         sys.exit(EXIT_NOT_RUNNING)
+
+
+def _show_resources(cloudformation: Any, stack_name: str) -> None:
+    """The stack's resources as CloudFormation lists them (those moto's CloudFormation skips are left out)."""
+    resources = cloudformation.list_stack_resources(StackName=stack_name)["StackResourceSummaries"]
+    click.echo(f"  stack {stack_name}: {len(resources)} resource(s)")
+    for resource in resources:
+        click.echo(
+            f"    {resource['LogicalResourceId']} {resource['ResourceType']} "
+            f"{resource.get('PhysicalResourceId') or '-'} {resource['ResourceStatus']}"
+        )
 
 
 def _state_path(ctx: click.Context, own: Path | None) -> Path:
@@ -119,7 +132,7 @@ def _state_path(ctx: click.Context, own: Path | None) -> Path:
 
 
 def _detach(path: Path, settings: dict[str, Any]) -> None:
-    args = [f"--{name.replace('_', '-')}={value}" for name, value in settings.items()]
+    args = [f"--{name.replace('_', '-')}={value}" for name, value in settings.items() if value is not None]
     process = spawn_stack(path, path.parent / "stack.log", args)
     try:
         state = wait_ready(path, process)
@@ -142,5 +155,5 @@ def _announce(state: StackState) -> None:
 
 def _configure_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    for noisy in ("werkzeug", "botocore", "urllib3"):
+    for noisy in ("werkzeug", "botocore", "urllib3", "moto"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -23,6 +23,7 @@ class StateError(RuntimeError):
 @dataclass(frozen=True)
 class StackState:
     pid: int
+    stack_name: str  # the CloudFormation stack on moto that template.yaml was deployed as
     moto_endpoint: str
     simulator_url: str
     webhook_url: str

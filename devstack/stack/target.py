@@ -48,29 +48,40 @@ class Target:
 
 
 def local_target(state_path: Path) -> Target:
-    """The local stack described by `state_path`; its emulator's endpoint wins over the environment's."""
+    """The local stack described by `state_path`: the CloudFormation stack it deployed on its emulator, read
+    through the same outputs as a deployed stack; the emulator's endpoint wins over the environment's."""
     state = StackState.read(state_path)
     if not pid_alive(state.pid):
         raise StateError(f"the local stack in {state_path} (pid {state.pid}) is not running: `klingctl stack up`")
     session = boto3.Session(aws_access_key_id="testing", aws_secret_access_key="testing", region_name=state.region)
-    return Target(
-        description=f"local stack (pid {state.pid})",
-        table=state.table,
-        queue_url=state.queue_url,
-        input_bucket=state.input_bucket,
-        images_bucket=state.images_bucket,
-        session=session,
-        dlq_url=state.dlq_url,
-        webhook_url=state.webhook_url,
+    # The webhook's URL is the local HTTP front's: the template's WebhookUrl names an API moto does not run.
+    return stack_target(
+        state.stack_name,
+        session,
         endpoint_url=state.moto_endpoint,
+        description=f"local stack (pid {state.pid})",
+        webhook_url=state.webhook_url,
     )
 
 
 def deployed_target(stack_name: str, region: str | None = None) -> Target:
     """A deployed stack, from its CloudFormation outputs; credentials and region come from boto3's usual chain."""
     session = boto3.Session(region_name=region) if region else boto3.Session()
+    return stack_target(stack_name, session, description=f"stack {stack_name}")
+
+
+def stack_target(
+    stack_name: str,
+    session: boto3.Session,
+    *,
+    description: str,
+    endpoint_url: str | None = None,
+    webhook_url: str | None = None,
+) -> Target:
+    """Any stack made from template.yaml, local or deployed: its CloudFormation outputs name its resources."""
     try:
-        stacks = session.client("cloudformation").describe_stacks(StackName=stack_name)["Stacks"]
+        cloudformation = session.client("cloudformation", endpoint_url=endpoint_url)
+        stacks = cloudformation.describe_stacks(StackName=stack_name)["Stacks"]
     except Exception as exc:
         raise TargetError(f"--stack {stack_name}: cannot describe the stack ({exc})") from exc
     outputs = {output["OutputKey"]: output["OutputValue"] for output in stacks[0].get("Outputs", [])}
@@ -78,4 +89,6 @@ def deployed_target(stack_name: str, region: str | None = None) -> Target:
     if missing:
         raise TargetError(f"--stack {stack_name}: missing output(s) {', '.join(missing)}")
     values = {field: outputs[name] for name, field in STACK_OUTPUTS.items() if name in outputs}
-    return Target(description=f"stack {stack_name}", session=session, **values)
+    if webhook_url is not None:
+        values["webhook_url"] = webhook_url
+    return Target(description=description, session=session, endpoint_url=endpoint_url, **values)

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from devstack.imagegen import png_bytes
+from devstack.stack.iam_proof import denials
 from tests.e2e.stack_harness import REPO_ROOT, Jobs, RunningStack, port_open, wait_for_state
 
 
@@ -36,6 +37,8 @@ def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSta
         assert stopped.exit_code == 0, stopped.output
         assert process.wait(timeout=20) == 0, stack.log()[-3000:]
         assert not state_path.exists()
+        # Every AWS call the functions made was one their roles in template.yaml allow.
+        assert denials(state_path) == []
         for url in (state.moto_endpoint, state.simulator_url, state.webhook_url):
             assert not port_open(url), f"{url} still answers after the stack stopped"
     finally:

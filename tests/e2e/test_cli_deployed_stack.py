@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from devstack.cli.klingctl import cli
-from devstack.stack.aws_resources import AwsResources
+from devstack.stack.template_stack import AwsResources
 from kling_pipeline.adapters.dynamodb import DynamoJobRecords
 from kling_pipeline.adapters.ledger import DynamoAccountLedger
 from kling_pipeline.contract.errors import JobError

@@ -14,11 +14,11 @@ import pytest
 
 from devstack.events.sqs import queue_arn
 from devstack.kling_simulator import KlingSimulator, SimulatorConfig
-from devstack.stack.aws_resources import AwsResources, create_resources
 from devstack.stack.moto_server import MotoServer
 from devstack.stack.runner.functions import FunctionSpec, LambdaFunction
 from devstack.stack.runner.scheduler import Schedule
 from devstack.stack.runner.sqs_poller import QueuePoller, lambda_dispatch
+from devstack.stack.template_stack import AwsResources, create_resources
 from functions.reconcile import app as reconcile_app
 from functions.submit import app as submit_app
 from functions.webhook import app as webhook_app

@@ -14,7 +14,7 @@ import boto3
 from devstack.events.lambda_context import LambdaContext
 from devstack.events.sqs import queue_arn, receive_records, sqs_event
 from devstack.kling_simulator import KlingSimulator
-from devstack.stack.aws_resources import AwsResources
+from devstack.stack.template_stack import AwsResources
 from functions.reconcile import app as reconcile_app
 from functions.submit import app as submit_app
 from kling_pipeline.adapters.dynamodb import DynamoJobRecords

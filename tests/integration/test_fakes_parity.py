@@ -10,7 +10,7 @@ from typing import Any
 import boto3
 import pytest
 
-from devstack.stack.aws_resources import AwsResources
+from devstack.stack.template_stack import AwsResources
 from kling_pipeline.adapters.dynamodb import DynamoJobRecords, DynamoSubmitLeases, open_shard_for
 from kling_pipeline.contract.clock import now_millis
 from kling_pipeline.contract.lease import Lease

@@ -14,7 +14,7 @@ import boto3
 import pytest
 
 from devstack.imagegen import image_bytes, jpeg_bytes, padded_png
-from devstack.stack.aws_resources import AwsResources
+from devstack.stack.template_stack import AwsResources
 from kling_pipeline.adapters.image_copy import PART_SIZE, ImageCopier
 from kling_pipeline.adapters.url_guard import GuardedHttp, UrlGuard
 from kling_pipeline.kling.task import KlingImage, KlingTask, parse_task

@@ -18,8 +18,8 @@ from devstack.events.s3 import encode_event_key, notify_queue, object_created_ev
 from devstack.events.sqs import lambda_record, queue_arn, receive_messages, sqs_event
 from devstack.imagegen import image_bytes, jpeg_bytes, padded_png, png_bytes
 from devstack.kling_simulator import KlingSimulator
-from devstack.stack.aws_resources import AwsResources
 from devstack.stack.moto_server import MotoServer
+from devstack.stack.template_stack import AwsResources
 from functions.ingest import app as ingest_app
 from functions.submit import app as submit_app
 from kling_pipeline.adapters.dynamodb import DynamoJobRecords

@@ -7,7 +7,7 @@ import threading
 import boto3
 import pytest
 
-from devstack.stack.aws_resources import AwsResources
+from devstack.stack.template_stack import AwsResources
 from kling_pipeline.adapters.dynamodb import DynamoJobRecords, open_shard_for
 from kling_pipeline.contract.record import JobRecord
 from kling_pipeline.contract.status import JobStatus

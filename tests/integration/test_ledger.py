@@ -7,7 +7,7 @@ import threading
 import boto3
 import pytest
 
-from devstack.stack.aws_resources import AwsResources
+from devstack.stack.template_stack import AwsResources
 from kling_pipeline.adapters.dynamodb import DynamoJobRecords, DynamoSubmitLeases
 from kling_pipeline.adapters.ledger import DynamoAccountLedger
 from kling_pipeline.contract.clock import now_millis

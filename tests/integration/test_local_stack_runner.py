@@ -17,12 +17,12 @@ import pytest
 import requests
 
 from devstack.events.sqs import queue_arn
-from devstack.stack.aws_resources import AwsResources
 from devstack.stack.runner.functions import FunctionSpec, LambdaFunction
 from devstack.stack.runner.http_front import HttpApiFront
 from devstack.stack.runner.s3_notifications import configure_upload_notifications, notification_dispatch
 from devstack.stack.runner.scheduler import Schedule
 from devstack.stack.runner.sqs_poller import QueuePoller, failed_message_ids, lambda_dispatch
+from devstack.stack.template_stack import AwsResources
 
 FAKE_HANDLER = """
 import os

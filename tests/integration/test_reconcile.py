@@ -19,8 +19,8 @@ from botocore.exceptions import ClientError
 
 from devstack.events.lambda_context import LambdaContext
 from devstack.kling_simulator import FAIL_MARKER, KlingSimulator, SimulatorConfig
-from devstack.stack.aws_resources import AwsResources, create_resources
 from devstack.stack.moto_server import MotoServer
+from devstack.stack.template_stack import AwsResources, create_resources
 from functions.reconcile import app as reconcile_app
 from functions.submit import app as submit_app
 from functions.webhook import app as webhook_app

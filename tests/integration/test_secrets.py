@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import boto3
 
-from devstack.stack.aws_resources import AwsResources
+from devstack.stack.template_stack import AwsResources
 from kling_pipeline.adapters.secrets import read_previous_secret, read_secret
 from kling_pipeline.contract.settings import WebhookSecretSource
 from kling_pipeline.runtime.kling import previous_webhook_secret, webhook_secret

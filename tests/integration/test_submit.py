@@ -25,7 +25,7 @@ from devstack.events.lambda_context import LambdaContext
 from devstack.events.sqs import queue_arn, receive_records, sqs_event
 from devstack.imagegen import padded_png, png_bytes
 from devstack.kling_simulator import KlingSimulator, SimulatorConfig
-from devstack.stack.aws_resources import AwsResources
+from devstack.stack.template_stack import AwsResources
 from functions.submit import app
 from kling_pipeline.adapters.dynamodb import DynamoJobRecords, from_dynamo
 from kling_pipeline.contract.callback_tokens import callback_token

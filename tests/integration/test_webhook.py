@@ -22,8 +22,8 @@ from standardwebhooks import Webhook
 from devstack.events.http_api import HttpResponse, http_response, kling_callback_event
 from devstack.events.lambda_context import LambdaContext
 from devstack.kling_simulator import KlingSimulator, SimulatorConfig
-from devstack.stack.aws_resources import AwsResources, create_resources
 from devstack.stack.moto_server import MotoServer
+from devstack.stack.template_stack import AwsResources, create_resources
 from functions.webhook import app as webhook_app
 from kling_pipeline.adapters.dynamodb import DynamoJobRecords
 from kling_pipeline.contract.callback_auth import MAX_CALLBACK_BYTES

@@ -8,6 +8,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,24 +19,22 @@ logger = logging.getLogger("devstack.functions")
 
 Handler = Callable[[Any, Any], Any]
 
+# The function whose invocation this code runs in (None: the runner's own code); the IAM proof reads it.
+CURRENT_FUNCTION: ContextVar[str | None] = ContextVar("current_function", default=None)
+
 
 @dataclass(frozen=True)
 class FunctionSpec:
-    """What the template says about a function: its name, handler module, timeout and memory."""
+    """What the deployed stack says about a function: its name, handler module and attribute, timeout and memory."""
 
     name: str
     module: str
     timeout_seconds: int = 30
     memory_mb: int = 512
+    handler: str = "lambda_handler"
     # Per-function variables (e.g. POWERTOOLS_SERVICE_NAME). Functions share one process, so these are set
     # only while the handler module is imported, which is when Powertools reads them.
     import_environment: Mapping[str, str] = field(default_factory=dict)
-
-    def importable(self) -> bool:
-        try:
-            return importlib.util.find_spec(self.module) is not None
-        except ModuleNotFoundError:
-            return False
 
 
 class LambdaFunction:
@@ -60,7 +59,7 @@ class LambdaFunction:
         """Import the handler module now (the cold start), so a broken function fails the stack's start."""
         with environment_set(self.spec.import_environment):
             module = importlib.import_module(self.spec.module)
-        self._handler = module.lambda_handler
+        self._handler = getattr(module, self.spec.handler)
         return self
 
     def invoke(self, event: Any) -> Any:
@@ -76,6 +75,7 @@ class LambdaFunction:
                 memory_mb=self.spec.memory_mb,
             )
             started = time.monotonic()
+            token = CURRENT_FUNCTION.set(self.spec.name)
             try:
                 return self._handler(event, context)
             except Exception:
@@ -83,6 +83,7 @@ class LambdaFunction:
                 logger.exception("%s: invocation failed", self.spec.name)
                 raise
             finally:
+                CURRENT_FUNCTION.reset(token)
                 elapsed = time.monotonic() - started
                 if elapsed > self.spec.timeout_seconds:
                     logger.warning("%s: ran %.1fs, past its %ds timeout", self.name, elapsed, self.spec.timeout_seconds)

@@ -50,8 +50,9 @@ def failed_message_ids(response: Any, message_ids: Sequence[str]) -> set[str]:
     return failed
 
 
-def lambda_dispatch(function: LambdaFunction, queue_arn: str) -> Dispatch:
-    """Invoke `function` with the batch as one SQS event; an exception fails the whole batch."""
+def lambda_dispatch(function: LambdaFunction, queue_arn: str, *, report_batch_item_failures: bool = True) -> Dispatch:
+    """Invoke `function` with the batch as one SQS event; an exception fails the whole batch. Without the
+    mapping's `ReportBatchItemFailures`, Lambda ignores what the function returns: the batch succeeded."""
 
     def dispatch(messages: Sequence[Message]) -> set[str]:
         ids = [message["MessageId"] for message in messages]
@@ -59,7 +60,7 @@ def lambda_dispatch(function: LambdaFunction, queue_arn: str) -> Dispatch:
             response = function.invoke(sqs_event(lambda_record(message, queue_arn) for message in messages))
         except Exception:
             return set(ids)
-        failed = failed_message_ids(response, ids)
+        failed = failed_message_ids(response, ids) if report_batch_item_failures else set()
         if failed:
             logger.info("%s: %d of %d message(s) failed; left for redelivery", function.name, len(failed), len(ids))
         return failed
