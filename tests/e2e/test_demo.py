@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -53,6 +54,11 @@ def test_the_demo_runs_both_jobs_and_leaves_nothing_running(tmp_path: Path) -> N
             picture.verify()
     gallery = (out / "gallery.html").read_text()
     assert gallery.count("<img ") == 7  # six results and the uploaded input
+
+    # The IAM proof saw every call, the webhook's image writes on its copy threads included.
+    report = json.loads((tmp_path / ".devstack" / "demo" / "iam-report.json").read_text())
+    assert report["denied"] == []
+    assert "s3:PutObject" not in report["granted_never_called"]["webhook"]
 
     state_file = str(tmp_path / ".devstack" / "demo" / "state.json")
     assert _processes_mentioning(state_file) == []

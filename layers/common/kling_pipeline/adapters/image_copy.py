@@ -9,6 +9,7 @@ never shared between tasks, nor between images of one task (`{job_id}/{kling_tas
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import string
 import time
@@ -134,7 +135,9 @@ class ImageCopier:
             for source in sources:
                 stem = f"{prefix}/{source.number}{'-watermark' if source.watermark else ''}"
                 meta = {**metadata, "kling-image-index": str(source.kling_index)}
-                futures[pool.submit(self.copy, source.url, stem, meta, deadline)] = source
+                # copy_context: each copy runs with the invocation's context (its log keys; what a caller traces).
+                copy = contextvars.copy_context().run
+                futures[pool.submit(copy, self.copy, source.url, stem, meta, deadline)] = source
             _done, pending = wait(futures, return_when=FIRST_EXCEPTION)
             for future in pending:  # fail fast: what has not started will not start
                 future.cancel()

@@ -13,6 +13,7 @@ with a reason. All writes are conditional: runs may overlap each other and the w
 
 from __future__ import annotations
 
+import contextvars
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -249,7 +250,9 @@ class Reconciler:
         cutoff = open_jobs_cutoff(self._clock(), self._options)
         jobs = list(self._store.open_jobs(updated_before=cutoff, limit=self._options.reconcile_max_jobs_per_run))
         report.examined = len(jobs)
-        for job_report in self._executor.map(lambda job: self._reconcile(job, deadline), jobs):
+        # copy_context: each job runs with the invocation's context (its log keys; what a caller traces).
+        runs = [self._executor.submit(contextvars.copy_context().run, self._reconcile, job, deadline) for job in jobs]
+        for job_report in (run.result() for run in runs):
             report.jobs[job_report.outcome] += 1
             report.job_errors += job_report.raised
         report.out_of_time = report.jobs[JobOutcome.DEFERRED] > 0 or time.monotonic() >= deadline
