@@ -21,6 +21,8 @@ class SimulatorConfig:
     secret_key: str | None = None
     processing_delay: float = 0.05  # seconds from submitted to processing
     succeed_delay: float = 0.1  # seconds from processing to succeed/failed
+    # Kling's tasks take unequal times: each task's succeed delay is drawn in succeed_delay x [1 - j, 1 + j].
+    succeed_delay_jitter: float = 0.0
     auto_advance: bool = True  # False: tasks move only through advance()
     fail_rate: float = 0.0  # share of tasks that end failed (besides prompts holding FAIL_MARKER)
     fail_message: str = "Image pixel is invalid"
@@ -45,6 +47,8 @@ class SimulatorConfig:
             raise ValueError(f"image_format: must be png, jpeg or mixed (got {self.image_format!r})")
         if not 0 <= self.fail_rate <= 1:
             raise ValueError(f"fail_rate: must be between 0 and 1 (got {self.fail_rate})")
+        if not 0 <= self.succeed_delay_jitter <= 1:
+            raise ValueError(f"succeed_delay_jitter: must be between 0 and 1 (got {self.succeed_delay_jitter})")
         if self.image_width < 1 or self.image_height < 1:
             raise ValueError(f"image size: must be positive (got {self.image_width}x{self.image_height})")
         if self.webhook_secret is not None and not self.webhook_secret.startswith("whsec_"):

@@ -145,7 +145,12 @@ class SimState:
             self.callbacks.status_changed(task.callback_url, view, stale)
         if self.config.auto_advance and to == "processing":
             target = "failed" if task.will_fail else "succeed"
-            self.lifecycle.schedule(self.config.succeed_delay, task.task_id, "processing", target)
+            jitter = (
+                self.config.succeed_delay_jitter * (2 * self.rng.random() - 1)
+                if self.config.succeed_delay_jitter
+                else 0
+            )
+            self.lifecycle.schedule(self.config.succeed_delay * (1 + jitter), task.task_id, "processing", target)
         return view
 
     def resend_callback(self, task_id: str) -> bool:

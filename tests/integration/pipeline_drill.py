@@ -4,6 +4,8 @@ webhook and reconcile handlers behind the local stack's SQS poller, HTTP front a
 from __future__ import annotations
 
 import json
+import random
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,9 +27,11 @@ from functions.webhook import app as webhook_app
 from kling_pipeline.adapters.dynamodb import KEY, DynamoJobRecords, record_from_item
 from kling_pipeline.adapters.ledger import DynamoAccountLedger
 from kling_pipeline.contract.record import JobRecord
+from kling_pipeline.contract.status import JobStatus
 from tests.integration.webhook_harness import CallbackFront, wait_until
 
 API_KEY = "drill-key"
+MODEL = "kling-v3"
 
 
 @dataclass
@@ -165,3 +169,53 @@ def pipeline(
         clear_handler_caches()
         front.stop()
         sim.stop()
+
+
+def jobs(prefix: str, count: int, *, sizes: tuple[int, ...] = (1,), seed: int = 14) -> dict[str, int]:
+    rng = random.Random(seed)
+    return {f"{prefix}-{i:03d}": rng.choice(sizes) for i in range(count)}
+
+
+def send(world: Pipeline, batch: dict[str, int]) -> None:
+    world.send(*({"job_id": job_id, "prompt": "a harbour at dawn", "n": n} for job_id, n in batch.items()))
+
+
+def refusals(sim: KlingSimulator) -> tuple[int, int]:
+    """(create attempts, accepted creates) the simulator saw."""
+    attempts = len([request for request in sim.requests("POST") if request.is_create])
+    return attempts, len(sim.tasks())
+
+
+def in_use(world: Pipeline) -> int:
+    state = world.ledger.slots(MODEL)
+    return state.in_use if state is not None else 0
+
+
+class Sampler:
+    """Samples, every 50 ms, the slots the pipeline holds while jobs wait for slots (a backlog of more than 5)."""
+
+    def __init__(self, world: Pipeline, job_ids: list[str]) -> None:
+        self.samples: list[int] = []
+        self._world, self._job_ids = world, job_ids
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Sampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.25):
+            records = self._world.snapshot()
+            # Waiting for slots: the governor turned the job away at least once and it is not submitted yet.
+            waiting = sum(
+                1
+                for job_id in self._job_ids
+                if (record := records.get(job_id)) and record.status is JobStatus.PENDING and record.waits
+            )
+            if waiting > 5:  # a real backlog: the slots should all be busy
+                self.samples.append(in_use(self._world))

@@ -6,7 +6,6 @@ Time-sensitive values are built inside each test; the only timing assertions are
 
 from __future__ import annotations
 
-import random
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -14,15 +13,13 @@ from typing import Any
 
 import pytest
 
-from devstack.kling_simulator import KlingSimulator
 from devstack.stack.moto_server import MotoServer
 from kling_pipeline.adapters.dynamodb import DynamoJobRecords
 from kling_pipeline.contract.status import JobStatus
 from kling_pipeline.kling.client import KlingClient
 from kling_pipeline.submit.submission import Submission
-from tests.integration.pipeline_drill import Pipeline, pipeline
+from tests.integration.pipeline_drill import MODEL, Pipeline, Sampler, in_use, jobs, pipeline, refusals, send
 
-MODEL = "kling-v3"
 # Tasks long enough that slots are the bottleneck, waits short enough that freed slots are taken again soon.
 TASK = {"processing_delay": 0.4, "succeed_delay": 0.8}
 FAST_WAITS = {"GOVERNOR_WAIT_BASE_SECONDS": "0.2", "GOVERNOR_WAIT_MAX_SECONDS": "1"}
@@ -41,56 +38,6 @@ def open_pipeline(moto_server: MotoServer, monkeypatch: pytest.MonkeyPatch) -> I
     yield make
     for context in reversed(stack):
         context.__exit__(None, None, None)
-
-
-def jobs(prefix: str, count: int, *, sizes: tuple[int, ...] = (1,), seed: int = 14) -> dict[str, int]:
-    rng = random.Random(seed)
-    return {f"{prefix}-{i:03d}": rng.choice(sizes) for i in range(count)}
-
-
-def send(world: Pipeline, batch: dict[str, int]) -> None:
-    world.send(*({"job_id": job_id, "prompt": "a harbour at dawn", "n": n} for job_id, n in batch.items()))
-
-
-def refusals(sim: KlingSimulator) -> tuple[int, int]:
-    """(create attempts, accepted creates) the simulator saw."""
-    attempts = len([request for request in sim.requests("POST") if request.is_create])
-    return attempts, len(sim.tasks())
-
-
-def in_use(world: Pipeline) -> int:
-    state = world.ledger.slots(MODEL)
-    return state.in_use if state is not None else 0
-
-
-class Sampler:
-    """Samples, every 50 ms, the slots the pipeline holds while jobs wait for slots (a backlog of more than 5)."""
-
-    def __init__(self, world: Pipeline, job_ids: list[str]) -> None:
-        self.samples: list[int] = []
-        self._world, self._job_ids = world, job_ids
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> Sampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join(10)
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.25):
-            records = self._world.snapshot()
-            # Waiting for slots: the governor turned the job away at least once and it is not submitted yet.
-            waiting = sum(
-                1
-                for job_id in self._job_ids
-                if (record := records.get(job_id)) and record.status is JobStatus.PENDING and record.waits
-            )
-            if waiting > 5:  # a real backlog: the slots should all be busy
-                self.samples.append(in_use(self._world))
 
 
 def test_the_pipeline_alone_on_its_account_never_hears_1303_and_keeps_its_slots_busy(

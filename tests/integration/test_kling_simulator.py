@@ -313,6 +313,16 @@ def test_lifecycle_calls_back_processing_then_succeed(kling_sim: KlingSimulator,
     ]
 
 
+def test_task_times_spread_with_the_succeed_delay_jitter(start_sim: Callable[..., KlingSimulator]) -> None:
+    # Drills need tasks that do not all end together, as Kling's do not: 0.4 s +- 100% is 0 to 0.8 s.
+    sim = start_sim(processing_delay=0.0, succeed_delay=0.4, succeed_delay_jitter=1.0, seed=7)
+    ids = [create(sim, external_task_id=f"spread-{i}").json()["data"]["task_id"] for i in range(8)]
+    runs = [int(finished(sim, task_id)["updated_at"]) - int(finished(sim, task_id)["created_at"]) for task_id in ids]
+    assert max(runs) - min(runs) >= 200, runs  # ms; without jitter all eight take the same 0.4 s
+    with pytest.raises(ValueError, match="succeed_delay_jitter"):
+        SimulatorConfig(succeed_delay_jitter=1.5)
+
+
 def test_fail_marker_ends_failed_with_a_message(kling_sim: KlingSimulator, receiver: Receiver) -> None:
     data = create(kling_sim, prompt=f"a cat {FAIL_MARKER}", callback_url=receiver.url).json()["data"]
     task = finished(kling_sim, data["task_id"])

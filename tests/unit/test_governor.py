@@ -129,6 +129,30 @@ def test_a_big_job_that_waited_claims_its_slots_and_small_jobs_stop_taking_them(
     assert state is not None and state.claim_job is None and state.in_use == 10
 
 
+def test_the_claimer_comes_back_soonest_and_a_one_image_job_never_claims() -> None:
+    world = World(
+        kling_concurrency_limit=4,
+        governor_claim_after_waits=3,
+        governor_wait_base_seconds=2,
+        governor_wait_max_seconds=30,
+    )
+    world.reserve("running", 4)
+    owner, _ = world.job("single")
+    single = world.governor.ask(parse_job({"job_id": "single", "prompt": "x", "n": 1}), owner)
+    waited = world.governor.reserve(single, world.records.items["single"], waits=5)
+    state = world.ledger.slots(MODEL)
+    # One slot is taken by the first job that finds one free: it cannot be starved, and a claim would only idle.
+    assert waited.step is Step.WAIT and state is not None and state.claim_job is None
+    assert waited.delay_seconds is not None and waited.delay_seconds >= 8  # backed off: 2 s x 2^5, half jittered
+    owner, _ = world.job("big")
+    big = world.governor.ask(parse_job({"job_id": "big", "prompt": "x", "n": 3}), owner)
+    claimed = world.governor.reserve(big, world.records.items["big"], waits=5)
+    state = world.ledger.slots(MODEL)
+    assert state is not None and state.claim_job == "big"
+    # The slots it claimed stay idle until it is back: no backoff for the claimer.
+    assert claimed.step is Step.WAIT and claimed.delay_seconds == 1
+
+
 def test_a_lapsed_claim_binds_no_one() -> None:
     world = World(kling_concurrency_limit=4, governor_claim_after_waits=1, governor_claim_seconds=10)
     world.reserve("running", 3)

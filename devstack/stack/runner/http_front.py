@@ -92,8 +92,14 @@ def _handler_class(front: HttpApiFront) -> type[BaseHTTPRequestHandler]:
                 if name not in ("content-length", "connection", "transfer-encoding"):
                     self.send_header(name, value)
             self.send_header("content-length", str(len(response.body)))
-            self.end_headers()
-            self.wfile.write(response.body)
+            try:
+                self.end_headers()
+                self.wfile.write(response.body)
+            except (BrokenPipeError, ConnectionResetError):
+                # The caller gave up waiting (Kling's callback timeout): the function's work is done; as API
+                # Gateway, the front just drops the answer, without a traceback on the console.
+                logger.info("%s hung up before the answer to %s %s", self.address_string(), self.command, self.path)
+                self.close_connection = True
 
         def log_message(self, format: str, *args: Any) -> None:
             logger.info("%s %s", self.address_string(), format % args)

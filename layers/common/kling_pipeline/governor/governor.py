@@ -111,7 +111,9 @@ class Governor:
         if impossible is not None:
             return impossible
         now_ms = self._now_ms()
-        claimer = ask.slots > 0 and not adopted and waits >= self._options.governor_claim_after_waits
+        # A one-slot job takes the first slot that frees, as any other does: only a bigger job can be starved
+        # (smaller ones keep taking the slots before enough are free at once), so only a bigger one claims.
+        claimer = ask.slots > 1 and not adopted and waits >= self._options.governor_claim_after_waits
         holds_claim = claimer and self._claim(ask, now_ms)
         reservation = self._ledger.reserve(
             ask,
@@ -125,7 +127,7 @@ class Governor:
             if reservation.slots is not None:
                 self._probe(reservation.slots, now_ms)
             return GO
-        return self._denied(ask, reservation, waits)
+        return self._denied(ask, reservation, waits, claimer=holds_claim)
 
     def kling_refused_slots(self, ask: Ask) -> None:
         """Kling answered 1303 although the job held its slots: another client shares the account. The
@@ -208,7 +210,7 @@ class Governor:
         interval = max(1000, int(self._options.governor_cooldown_seconds * 1000 * PROBE_FRACTION))
         self._ledger.set_effective(state.model, state.effective + 1, cooldown_until_ms=now_ms + interval, seen=state)
 
-    def _denied(self, ask: Ask, reservation: Reservation, waits: int) -> Decision:
+    def _denied(self, ask: Ask, reservation: Reservation, waits: int, *, claimer: bool) -> Decision:
         if reservation.denied is Denied.BUDGET:
             return self._over_budget(ask, reservation.budget)
         if reservation.denied is Denied.JOB:
@@ -217,9 +219,13 @@ class Governor:
         state = reservation.slots
         free = state.spare if state is not None else 0
         shortage = max(1, ask.slots - max(0, free))
-        ceiling = self._options.governor_wait_base_seconds * 2 ** min(waits, 6) * (1 + shortage / ask.slots)
-        ceiling = min(float(self._options.governor_wait_max_seconds), ceiling)
-        delay = max(1, round(ceiling / 2 + self._jitter() * ceiling / 2))
+        if claimer:
+            # Next in line, and the slots it claimed sit idle until it comes back: it comes back soonest.
+            delay = max(1, round(self._options.governor_wait_base_seconds / 2))
+        else:
+            ceiling = self._options.governor_wait_base_seconds * 2 ** min(waits, 6) * (1 + shortage / ask.slots)
+            ceiling = min(float(self._options.governor_wait_max_seconds), ceiling)
+            delay = max(1, round(ceiling / 2 + self._jitter() * ceiling / 2))
         in_use = f"{state.in_use} of {state.effective}" if state is not None else "all"
         reason = f"waiting for concurrency slots: needs {ask.slots}, {in_use} in use (KLING_CONCURRENCY_LIMIT)"
         return Decision(Step.WAIT, reason=reason, delay_seconds=delay)

@@ -1,0 +1,156 @@
+"""The account governor's drills at full size (the tests run them small): the real submit, webhook and
+reconcile handlers on their own triggers, moto as AWS, the Kling simulator enforcing its own slot limit.
+
+- alone: 200 jobs of n=1..4, `KLING_CONCURRENCY_LIMIT=10`, Kling's limit 10: 1303s (target 0), slot
+  utilisation while jobs wait (target >= 90% of the limit), wall time against the ideal (every slot busy).
+- shared: 200 single-image jobs, the pipeline told 10 while Kling has 6 (another client holds the rest): the
+  share of creates refused with 1303 (target <= 10%) and the effective limit it converged on.
+- budget: 10 jobs of 8 units against a budget of 40: created (target 5) and deferred (target 5).
+
+Simulated tasks last 1 s + 2 s +- 50% (Kling's take tens of seconds); the waits are scaled to them
+(`GOVERNOR_WAIT_BASE_SECONDS` 1, `GOVERNOR_WAIT_MAX_SECONDS` 4), as a deployment scales them to Kling's.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+
+from bench import Table
+from devstack.stack.moto_server import MotoServer
+from kling_pipeline.contract.status import JobStatus
+from tests.integration.pipeline_drill import MODEL, Pipeline, Sampler, in_use, jobs, pipeline, refusals, send
+
+JOBS = 200
+TASK = {"processing_delay": 1.0, "succeed_delay": 2.0, "succeed_delay_jitter": 0.5}
+WAITS = {"GOVERNOR_WAIT_BASE_SECONDS": "1", "GOVERNOR_WAIT_MAX_SECONDS": "4"}
+
+
+def run() -> Table:
+    table = Table(
+        "Governor drills at full size (real handlers, moto, the simulator's slot limit)",
+        ["drill", "jobs", "final", "creates", "1303", "measure", "target", "wall s", "ideal s", "verdict"],
+    )
+    server = MotoServer().start()
+    try:
+        with pytest.MonkeyPatch.context() as env:
+            for name, value in server.client_environment().items():
+                env.setenv(name, value)
+            table.rows.append(_alone(server, env))
+            table.rows.append(_shared(server, env))
+            table.rows.append(_budget(server, env))
+    finally:
+        server.stop()
+    table.notes += [
+        "measure: alone = slots in use while more than 5 jobs waited, as a share of the limit (sampled every 0.25 s);",
+        "shared = share of create calls Kling refused with 1303; budget = jobs created / deferred.",
+        "ideal s: the jobs' slot-seconds over the limit, as if every slot were busy from the first second.",
+        "One process runs moto, the simulator and every handler on this machine's cores: each wait costs a round",
+        "of moto calls, and SQS delays are whole seconds against 3 s tasks (Kling's take tens of seconds).",
+    ]
+    if any(row[-1] == "FAIL" for row in table.rows):
+        table.notes.append("FAIL: a drill missed its target")
+    return table
+
+
+def _drill(server: MotoServer, patch: pytest.MonkeyPatch, **options: Any) -> Any:
+    return pipeline(server, patch, max_receive_count=5, **options)
+
+
+def _alone(server: MotoServer, env: pytest.MonkeyPatch) -> list[str]:
+    with _drill(
+        server, env, simulator={**TASK, "max_concurrency": 10}, env={"KLING_CONCURRENCY_LIMIT": "10", **WAITS}
+    ) as world:
+        batch = jobs("alone", JOBS, sizes=(1, 2, 3, 4))
+        started = time.monotonic()
+        send(world, batch)
+        with world.running(reconcile_every=2.0), Sampler(world, list(batch)) as sampler:
+            world.wait_settled(list(batch), 1800.0, "every job final")
+        wall = time.monotonic() - started
+        attempts, accepted = refusals(world.sim)
+        utilisation = sum(sampler.samples) / (10 * len(sampler.samples)) if sampler.samples else 0.0
+        ideal = sum(batch.values()) * (TASK["processing_delay"] + TASK["succeed_delay"]) / 10
+        ok = attempts == accepted and utilisation >= 0.9 and in_use(world) == 0
+        return [
+            "alone, limit 10",
+            str(len(batch)),
+            str(_final(world, batch)),
+            str(accepted),
+            str(attempts - accepted),
+            f"{utilisation:.0%} busy",
+            "0 1303, >= 90%",
+            f"{wall:.0f}",
+            f"{ideal:.0f}",
+            "ok" if ok else "FAIL",
+        ]
+
+
+def _shared(server: MotoServer, env: pytest.MonkeyPatch) -> list[str]:
+    task = {"processing_delay": 0.4, "succeed_delay": 0.8, "succeed_delay_jitter": 0.5, "max_concurrency": 6}
+    variables = {"KLING_CONCURRENCY_LIMIT": "10", "GOVERNOR_COOLDOWN_SECONDS": "600", **WAITS}
+    with _drill(server, env, simulator=task, env=variables) as world:
+        batch = jobs("shared", JOBS)
+        started = time.monotonic()
+        send(world, batch)
+        with world.running():
+            world.wait_settled(list(batch), 1800.0, "every job final")
+        wall = time.monotonic() - started
+        attempts, accepted = refusals(world.sim)
+        refused = (attempts - accepted) / attempts if attempts else 0.0
+        state = world.ledger.slots(MODEL)
+        effective = state.effective if state is not None else 0
+        ideal = len(batch) * (task["processing_delay"] + task["succeed_delay"]) / 6
+        ok = refused <= 0.1 and _final(world, batch) == len(batch)
+        return [
+            f"shared, told 10, has 6 (ends at {effective})",
+            str(len(batch)),
+            str(_final(world, batch)),
+            str(accepted),
+            str(attempts - accepted),
+            f"{refused:.1%} refused",
+            "<= 10%",
+            f"{wall:.0f}",
+            f"{ideal:.0f}",
+            "ok" if ok else "FAIL",
+        ]
+
+
+def _budget(server: MotoServer, env: pytest.MonkeyPatch) -> list[str]:
+    with _drill(server, env, simulator=TASK, env={"KLING_DAILY_UNIT_BUDGET": "40"}) as world:
+        batch = jobs("budget", 10)
+        started = time.monotonic()
+        send(world, batch)
+        with world.running():
+            world.wait_until(
+                lambda: _count(world, batch, JobStatus.DEFERRED) + _count(world, batch, JobStatus.SUCCEEDED) == 10,
+                300.0,
+                "every job succeeded or deferred",
+            )
+        wall = time.monotonic() - started
+        attempts, accepted = refusals(world.sim)
+        deferred = _count(world, batch, JobStatus.DEFERRED)
+        ok = accepted == attempts == 5 and deferred == 5
+        return [
+            "budget 40 units, jobs of 8",
+            str(len(batch)),
+            str(_count(world, batch, JobStatus.SUCCEEDED) + deferred),
+            str(accepted),
+            str(attempts - accepted),
+            f"{accepted} created / {deferred} deferred",
+            "5 / 5",
+            f"{wall:.0f}",
+            "-",
+            "ok" if ok else "FAIL",
+        ]
+
+
+def _final(world: Pipeline, batch: dict[str, int]) -> int:
+    records = world.snapshot()
+    return sum(1 for job_id in batch if (record := records.get(job_id)) is not None and record.status.is_final)
+
+
+def _count(world: Pipeline, batch: dict[str, int], status: JobStatus) -> int:
+    records = world.snapshot()
+    return sum(1 for job_id in batch if (record := records.get(job_id)) is not None and record.status is status)
