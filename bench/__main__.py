@@ -31,7 +31,7 @@ def main(argv: list[str]) -> int:
 def quiet_logs() -> None:
     """Only the tables: handlers' INFO logs and metrics, and moto's request log, would bury them.
     Set before the handlers are imported, since Powertools reads its level then."""
-    os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "WARNING")
+    os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "ERROR")
     os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
 
