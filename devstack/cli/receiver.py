@@ -7,7 +7,6 @@ answer until `hang_seconds` passed: a timeout for the sender), so tests can make
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -145,10 +144,6 @@ def summary(delivery: Delivery) -> str:
     state = "verified" if delivery.verified else f"NOT VERIFIED ({delivery.problem})"
     kind = (delivery.payload or {}).get("type", "?")
     return f"{delivery.webhook_id} {kind} job {data.get('job_id', '?')}: {state}; images: {images or '-'}"
-
-
-def dumps(delivery: Delivery) -> str:
-    return json.dumps({"webhook_id": delivery.webhook_id, "verified": delivery.verified, "payload": delivery.payload})
 
 
 def answers_from(values: Iterable[str]) -> list[Answer]:

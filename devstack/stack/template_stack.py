@@ -222,9 +222,14 @@ def _create_secrets(stack: DeployedStack, values: Mapping[str, str]) -> dict[str
             value = literal
         else:  # GenerateSecretString, or a value that comes from a parameter: random, as a generated one is
             value = _generated(properties.get("GenerateSecretString"))
-        arn = client.create_secret(Name=f"{stack.name}-{logical_id}", SecretString=value)["ARN"]
+        arn = client.create_secret(Name=emulated_secret_name(stack.name, logical_id), SecretString=value)["ARN"]
         made[logical_id] = arn
     return made
+
+
+def emulated_secret_name(stack_name: str, logical_id: str) -> str:
+    """The name of the secret made in place of the template's `logical_id` (moto's CloudFormation skips it)."""
+    return f"{stack_name}-{logical_id}"
 
 
 def _generated(spec: object) -> str:
