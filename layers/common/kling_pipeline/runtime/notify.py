@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import random
-
 import boto3
 from botocore.config import Config
 
@@ -41,7 +39,7 @@ def notify_secrets(env: NotifyEnvironment) -> list[str]:
 
 
 class NotifyRuntime:
-    def __init__(self, env: NotifyEnvironment, *, rng: random.Random | None = None) -> None:
+    def __init__(self, env: NotifyEnvironment) -> None:
         notify_secrets(env)  # read now: a missing or malformed secret fails the cold start, not a delivery
         # No on_final hooks: the notify function never moves a job, it only records the delivery.
         records = DynamoJobRecords(env.jobs_table, boto3.client("dynamodb"))
@@ -55,7 +53,6 @@ class NotifyRuntime:
             base_seconds=env.notify_retry_base_seconds,
             cap_seconds=env.notify_retry_max_delay_seconds,
             window_seconds=env.notify_retry_window_seconds,
-            rng=rng or random.Random(),
         )
         queue = SqsNotifyQueue(boto3.client("sqs"), env.notify_queue_url, env.notify_dlq_url)
         self.notifier = Notifier(records, queue, sender, links, lambda: notify_secrets(env), policy)
