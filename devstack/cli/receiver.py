@@ -143,7 +143,8 @@ def summary(delivery: Delivery) -> str:
     images = ", ".join(image.get("s3_key", "?") for image in data.get("images", []))
     state = "verified" if delivery.verified else f"NOT VERIFIED ({delivery.problem})"
     kind = (delivery.payload or {}).get("type", "?")
-    return f"{delivery.webhook_id} {kind} job {data.get('job_id', '?')}: {state}; images: {images or '-'}"
+    job = data.get("job_id", "?")
+    return f"{delivery.webhook_id} {kind} job {job}: {state}, answered {delivery.answered}; images: {images or '-'}"
 
 
 def answers_from(values: Iterable[str]) -> list[Answer]:
