@@ -22,12 +22,15 @@ from kling_pipeline.contract.clock import iso_timestamp, now_millis, utc_now_iso
 from kling_pipeline.contract.errors import ErrorCode, JobError
 from kling_pipeline.contract.job import S3Location
 from kling_pipeline.contract.lease import Lease, held_until_ms
+from kling_pipeline.contract.notify import NotifyMessage
 from kling_pipeline.contract.record import (
     EVENT_PENDING,
     LEASE_ATTRIBUTES,
+    NOTIFY,
     RETRY_AT,
     SUBMIT_HOLD_ATTRIBUTES,
     JobRecord,
+    NotifyState,
     StoredImage,
 )
 from kling_pipeline.contract.status import NOT_SUBMITTED, JobStatus
@@ -38,6 +41,7 @@ from kling_pipeline.ports import (
     BudgetState,
     CopyResult,
     DeadLetter,
+    DeliveryResult,
     Denied,
     ImageCopyError,
     ImageUnavailableError,
@@ -219,6 +223,13 @@ class MemoryRecords:
         if not record.status.is_final or not record.event_pending:
             return True
         return self._announce(record)
+
+    def record_notify(self, job_id: str, state: NotifyState, *, after_attempts: int) -> JobRecord | None:
+        def seen(record: JobRecord) -> bool:
+            attempts = record.notify.attempts if record.notify is not None else 0
+            return record.status.is_final and attempts == after_attempts
+
+        return self.conditional_update(job_id, seen, {NOTIFY: state.model_dump(mode="json")}, touch=False)
 
     def _announce(self, record: JobRecord) -> bool:
         """As the adapter: publish, then clear the outbox flag; a failing publish leaves it, and is not raised."""
@@ -643,3 +654,58 @@ class MemoryQueue:
     def enqueue(self, job: Mapping[str, Any], *, source: Source) -> str:
         self.jobs.append((dict(job), source))
         return f"m{len(self.jobs)}"
+
+
+# -- notifications -----------------------------------------------------------------------------------------------
+
+
+class MemoryNotifyQueue:
+    """The NotifyQueue port: `sent` lists (message, delay) in order, `dead` the dead-lettered (message, error)."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[NotifyMessage, int]] = []
+        self.dead: list[tuple[NotifyMessage, JobError]] = []
+
+    def send(self, message: NotifyMessage, *, delay_seconds: int = 0) -> None:
+        if not 0 <= delay_seconds <= 900:  # SQS's limit, as the adapter's queue enforces it
+            raise ValueError(f"DelaySeconds must be between 0 and 900 (got {delay_seconds})")
+        self.sent.append((message, delay_seconds))
+
+    def dead_letter(self, message: NotifyMessage, error: JobError) -> None:
+        self.dead.append((message, error))
+
+    def take(self) -> NotifyMessage:
+        """The oldest message sent and not taken yet (as the trigger would receive it)."""
+        return self.sent.pop(0)[0]
+
+
+class FakeSender:
+    """The NotificationSender port: answers from `answers` in turn (the last one repeats), keeps every call as
+    (url, body, headers)."""
+
+    def __init__(self, *answers: DeliveryResult) -> None:
+        self.answers = list(answers) or [DeliveryResult(delivered=True, http_status=200)]
+        self.calls: list[tuple[str, bytes, dict[str, str]]] = []
+
+    def deliver(self, url: str, body: bytes, headers: Mapping[str, str]) -> DeliveryResult:
+        self.calls.append((url, body, dict(headers)))
+        return self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+
+
+class StaticLinks:
+    """The ImageLinks port: `https://images.example/<key>?signed`."""
+
+    def link(self, s3_key: str) -> str:
+        return f"https://images.example/{s3_key}?signed"
+
+
+class RefusingNotifyUrls:
+    """The NotifyUrlCheck port: refuses the URLs in `refused` with their message, passes the others."""
+
+    def __init__(self, refused: Mapping[str, str] | None = None) -> None:
+        self.refused = dict(refused or {})
+        self.checked: list[str] = []
+
+    def refusal(self, url: str) -> str | None:
+        self.checked.append(url)
+        return self.refused.get(url)

@@ -1,5 +1,6 @@
 """`make demo`: start the local stack, run a text-to-image job through SQS and an image-to-image job through
-an upload, save the images and a gallery under ./out/, print a summary and stop the stack."""
+an upload, save the images and a gallery under ./out/, print a summary and stop the stack. The text job has a
+`notify_url` on a local receiver, which verifies its signed notification with `standardwebhooks`."""
 
 from __future__ import annotations
 
@@ -18,11 +19,12 @@ from rich.table import Table
 from devstack.cli.gallery import write_gallery
 from devstack.cli.jobs import Jobs, object_metadata
 from devstack.cli.progress import watch
+from devstack.cli.receiver import Delivery, NotificationReceiver, summary
 from devstack.cli.views import status_text
 from devstack.stack.control import spawn_stack, stop_process, wait_ready
 from devstack.stack.iam_proof import denials, report_path
 from devstack.stack.state import pid_alive
-from devstack.stack.target import local_target
+from devstack.stack.target import Target, local_target
 from kling_pipeline.contract.record import JobRecord
 from kling_pipeline.contract.status import JobStatus
 
@@ -82,16 +84,26 @@ def run_demo(out: Path, timeout: float, console: Console) -> bool:
     # The one override of the template: the submit mapping's 5 s batching window would make the demo wait for
     # batches that never fill (two jobs); the stack's log says so at start.
     process = spawn_stack(state_path, work / "stack.log", DEMO_OVERRIDES)
+    receiver: NotificationReceiver | None = None
     try:
         with console.status("starting the local stack (moto, Kling simulator, handlers)"):
             wait_ready(state_path, process)
         console.print(
             f"local stack up in {time.monotonic() - started:.1f}s (pid {process.pid}, log {work / 'stack.log'})"
         )
-        jobs = Jobs(local_target(state_path))
+        target = local_target(state_path)
+        jobs = Jobs(target)
+        receiver = start_receiver(target)
         tag = secrets.token_hex(3)
-        text_job = jobs.submit({"job_id": f"t2i-{tag}", "prompt": TEXT_PROMPT, "n": 4, "aspect_ratio": "1:1"}).job_id
-        console.print(f"text-to-image: queued [bold]{text_job}[/] on the jobs queue (n=4)")
+        text = {
+            "job_id": f"t2i-{tag}",
+            "prompt": TEXT_PROMPT,
+            "n": 4,
+            "aspect_ratio": "1:1",
+            "notify_url": receiver.url,
+        }
+        text_job = jobs.submit(text).job_id
+        console.print(f"text-to-image: queued [bold]{text_job}[/] on the jobs queue (n=4, notify_url {receiver.url})")
         image_job = f"i2i-{tag}"
         upload_job = {
             "job_id": image_job,
@@ -103,6 +115,7 @@ def run_demo(out: Path, timeout: float, console: Console) -> bool:
         uploaded = jobs.upload(source_image(out / "inputs" / "hills.png"), object_metadata(upload_job))
         console.print(f"image-to-image: uploaded s3://{uploaded.bucket}/{uploaded.key} as job [bold]{image_job}[/]")
         records = watch(jobs, [text_job, image_job], console, timeout=timeout)
+        notified = notification_of(receiver, console)
         saved = {
             job_id: jobs.fetch(record, out / job_id)
             for job_id, record in records.items()
@@ -117,6 +130,8 @@ def run_demo(out: Path, timeout: float, console: Console) -> bool:
         console.print(summary_table(records, {text_job: "SQS", image_job: "S3 upload"}, saved))
         console.print(f"gallery: {gallery} · images: {sum(len(paths) for paths in saved.values())} file(s) in {out}/")
     finally:
+        if receiver is not None:
+            receiver.stop()
         with console.status("stopping the local stack"):
             code = stop_process(process)
     if pid_alive(process.pid):
@@ -127,9 +142,30 @@ def run_demo(out: Path, timeout: float, console: Console) -> bool:
     for denial in denied:
         console.print(f"[red]IAM: {denial}[/]")
     console.print(f"IAM: {len(denied)} call(s) outside the functions' roles; see {report_path(state_path)}")
-    return not denied and all(
-        record is not None and record.status is JobStatus.SUCCEEDED for record in records.values()
+    return (
+        not denied
+        and notified is not None
+        and notified.verified
+        and all(record is not None and record.status is JobStatus.SUCCEEDED for record in records.values())
     )
+
+
+def start_receiver(target: Target) -> NotificationReceiver:
+    """A receiver on loopback that verifies with the stack's generated notify secret."""
+    assert target.notify_secret_arn is not None, "the stack has no NotifySecretArn output"
+    secret = target.client("secretsmanager").get_secret_value(SecretId=target.notify_secret_arn)["SecretString"]
+    return NotificationReceiver(secret).start()
+
+
+def notification_of(receiver: NotificationReceiver, console: Console) -> Delivery | None:
+    """The text job's notification, once it arrived (None if it did not within a few seconds)."""
+    try:
+        [delivery, *_] = receiver.wait_for(1, timeout=15)
+    except AssertionError as missing:
+        console.print(f"[red]notification: {missing}[/]")
+        return None
+    console.print(f"notification: {summary(delivery)}", soft_wrap=True)
+    return delivery
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,7 +20,9 @@ from rich.table import Table
 from devstack.cli.gallery import write_gallery
 from devstack.cli.jobs import Jobs, object_metadata, upload_metadata_fits
 from devstack.cli.progress import watch
+from devstack.cli.receiver import NotificationReceiver, answers_from, summary
 from devstack.cli.views import jobs_table, record_details
+from devstack.shutdown import stop_on_signals, wait_until_set
 from devstack.stack.commands import stack_group
 from devstack.stack.state import STATE_ENV, StateError, default_state_path
 from devstack.stack.target import Target, TargetError, deployed_target, local_target
@@ -164,11 +166,14 @@ def job_options(*own: Callable[[Any], Any]) -> Callable[[Any], Any]:
 @job_options(
     click.option("--image", default=None, help="Reference image: a local PNG/JPEG file (sent as base64) or a URL."),
     click.option("--image-s3", default=None, metavar="s3://BUCKET/KEY", help="Reference image already in S3."),
+    click.option("--notify-url", default=None, help="Called, signed, when the job is final (see `listen`)."),
 )
 @pass_cli
-def submit(app: Cli, /, options: JobOptions, image: str | None, image_s3: str | None) -> None:
+def submit(app: Cli, /, options: JobOptions, image: str | None, image_s3: str | None, notify_url: str | None) -> None:
     """Put a job on the jobs queue (text-to-image, or image-to-image with --image/--image-s3)."""
     job = dict(options.fields)
+    if notify_url is not None:
+        job["notify_url"] = notify_url
     if image is not None:
         job["image"] = _image_value(image)
     if image_s3 is not None:
@@ -219,6 +224,32 @@ def status(app: Cli, job_id: str, as_json: bool) -> None:
         click.echo(json.dumps(record.model_dump(mode="json", exclude_none=True), indent=2))
         return
     app.console.print(record_details(record, app.jobs.target.images_bucket), soft_wrap=True)
+
+
+@cli.command()
+@click.option("--port", type=int, default=0, help="Port to listen on (default: a free one).")
+@click.option("--count", type=int, default=0, help="Stop after this many deliveries (default: Ctrl-C).")
+@click.option("--fail", "fails", multiple=True, metavar="STATUS|hang", help="Answer the first requests so (repeat).")
+@pass_cli
+def listen(app: Cli, port: int, count: int, fails: tuple[str, ...]) -> None:
+    """A notification receiver on 127.0.0.1: verifies each delivery with standardwebhooks, prints it."""
+    if app.jobs.target.notify_secret_arn is None:
+        raise click.ClickException("this stack has no NotifySecretArn output (a template without notifications)")
+    secret = app.jobs.target.client("secretsmanager").get_secret_value(SecretId=app.jobs.target.notify_secret_arn)
+    receiver = NotificationReceiver(
+        secret["SecretString"],
+        port=port,
+        answers=answers_from(fails),
+        on_delivery=lambda delivery: app.console.print(summary(delivery), soft_wrap=True),
+    ).start()
+    app.console.print(f"listening: --notify-url {receiver.url}")
+    try:
+        if count:
+            receiver.wait_for(count, timeout=24 * 3600)
+        else:
+            wait_until_set(stop_on_signals())
+    finally:
+        receiver.stop()
 
 
 @cli.command(name="list")

@@ -86,6 +86,8 @@ def record_details(record: JobRecord, images_bucket: str) -> RenderableType:
     table.add_row("updated", record.updated_at)
     if prompt_of(record):
         table.add_row("prompt", prompt_of(record))
+    if record.notify_url:
+        table.add_row("notify", notify_text(record))
     parts: list[RenderableType] = [table]
     if record.images:
         images = Table(title="images", title_justify="left")
@@ -101,6 +103,20 @@ def record_details(record: JobRecord, images_bucket: str) -> RenderableType:
                 images.add_row("", f"s3://{images_bucket}/{image.watermark_s3_key}", "watermarked", "")
         parts.append(images)
     return Group(*parts)
+
+
+def notify_text(record: JobRecord) -> Text:
+    """How the job's notification to its notify_url stands: not yet attempted, pending, delivered or failed."""
+    state = record.notify
+    if state is None:
+        return Text("not attempted yet" if record.status.is_final else "when the job is final", style="dim")
+    line = f"{state.status} after {state.attempts} attempt{'s' * (state.attempts != 1)}"
+    if state.delivered_at:
+        line += f" at {state.delivered_at}"
+    if state.last_error and state.status != "delivered":
+        line += f"; last error {state.last_error.code}: {state.last_error.message}"
+    style = {"delivered": "green", "failed": "red"}.get(state.status, "yellow")
+    return Text(line, style=style)
 
 
 def _short(text: str, limit: int) -> str:

@@ -53,6 +53,13 @@ DEV_LOOP_VARIABLES = {
     # The reconciler's quiet periods, shortened from AWS's 5 / 10 min to match the simulator's delays.
     "RECONCILE_PENDING_GRACE_SECONDS": "10",
     "RECONCILE_STALE_SECONDS": "5",
+    # Notifications: receivers on this machine (`klingctl listen`) may be called over http on loopback, and a
+    # failing one is retried for 20 s (AWS: 30 s doubling to 6 h, for 24 h) with a 2 s deadline per attempt.
+    "NOTIFY_HOST_ALLOWLIST": "127.0.0.1",
+    "NOTIFY_RETRY_BASE_SECONDS": "1",
+    "NOTIFY_RETRY_MAX_DELAY_SECONDS": "4",
+    "NOTIFY_RETRY_WINDOW_SECONDS": "20",
+    "NOTIFY_TIMEOUT_SECONDS": "2",
 }
 # The secret the simulator's API key goes into (the other secrets are generated).
 KLING_API_KEY_SECRET = "KlingApiKeySecret"

@@ -9,6 +9,7 @@ from typing import Any
 import boto3
 
 from devstack.stack.state import StackState, StateError, pid_alive
+from devstack.stack.template_stack import emulated_secret_name
 
 # CloudFormation output -> Target field.
 STACK_OUTPUTS = {
@@ -18,7 +19,9 @@ STACK_OUTPUTS = {
     "InputBucketName": "input_bucket",
     "ImagesBucketName": "images_bucket",
     "WebhookUrl": "webhook_url",
+    "NotifySecretArn": "notify_secret_arn",
 }
+NOTIFY_SECRET = "NotifySecret"  # the template's logical id of the notification signing secret
 REQUIRED_OUTPUTS = ("JobsTableName", "JobsQueueUrl", "InputBucketName", "ImagesBucketName")
 
 
@@ -39,6 +42,7 @@ class Target:
     dlq_url: str | None = None
     webhook_url: str | None = None
     endpoint_url: str | None = None
+    notify_secret_arn: str | None = None  # what `klingctl listen` verifies deliveries with
 
     def client(self, service: str) -> Any:
         return self.session.client(service, endpoint_url=self.endpoint_url)
@@ -55,12 +59,19 @@ def local_target(state_path: Path) -> Target:
         raise StateError(f"the local stack in {state_path} (pid {state.pid}) is not running: `klingctl stack up`")
     session = boto3.Session(aws_access_key_id="testing", aws_secret_access_key="testing", region_name=state.region)
     # The webhook's URL is the local HTTP front's: the template's WebhookUrl names an API moto does not run.
+    # moto's CloudFormation skips secrets, and so the outputs naming them: the stack made the secret by name.
+    secrets = session.client("secretsmanager", endpoint_url=state.moto_endpoint)
+    try:
+        notify_secret = secrets.describe_secret(SecretId=emulated_secret_name(state.stack_name, NOTIFY_SECRET))["ARN"]
+    except secrets.exceptions.ResourceNotFoundException:
+        notify_secret = None
     return stack_target(
         state.stack_name,
         session,
         endpoint_url=state.moto_endpoint,
         description=f"local stack (pid {state.pid})",
         webhook_url=state.webhook_url,
+        notify_secret_arn=notify_secret,
     )
 
 
@@ -77,6 +88,7 @@ def stack_target(
     description: str,
     endpoint_url: str | None = None,
     webhook_url: str | None = None,
+    notify_secret_arn: str | None = None,
 ) -> Target:
     """Any stack made from template.yaml, local or deployed: its CloudFormation outputs name its resources."""
     try:
@@ -91,4 +103,6 @@ def stack_target(
     values = {field: outputs[name] for name, field in STACK_OUTPUTS.items() if name in outputs}
     if webhook_url is not None:
         values["webhook_url"] = webhook_url
+    if notify_secret_arn is not None:
+        values["notify_secret_arn"] = notify_secret_arn
     return Target(description=description, session=session, endpoint_url=endpoint_url, **values)

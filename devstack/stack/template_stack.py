@@ -15,6 +15,7 @@ import json
 import os
 import re
 import secrets
+import string
 import zipfile
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
@@ -220,10 +221,24 @@ def _create_secrets(stack: DeployedStack, values: Mapping[str, str]) -> dict[str
         elif isinstance(literal, str):
             value = literal
         else:  # GenerateSecretString, or a value that comes from a parameter: random, as a generated one is
-            value = secrets.token_urlsafe(48)
-        arn = client.create_secret(Name=f"{stack.name}-{logical_id}", SecretString=value)["ARN"]
+            value = _generated(properties.get("GenerateSecretString"))
+        arn = client.create_secret(Name=emulated_secret_name(stack.name, logical_id), SecretString=value)["ARN"]
         made[logical_id] = arn
     return made
+
+
+def emulated_secret_name(stack_name: str, logical_id: str) -> str:
+    """The name of the secret made in place of the template's `logical_id` (moto's CloudFormation skips it)."""
+    return f"{stack_name}-{logical_id}"
+
+
+def _generated(spec: object) -> str:
+    """A value as Secrets Manager would generate it: letters and digits of `PasswordLength` when punctuation is
+    excluded (the notify secret relies on that: it must be base64), else a random URL-safe string."""
+    if isinstance(spec, dict) and spec.get("ExcludePunctuation") and isinstance(spec.get("PasswordLength"), int):
+        alphabet = string.ascii_letters + string.digits
+        return "".join(secrets.choice(alphabet) for _ in range(spec["PasswordLength"]))
+    return secrets.token_urlsafe(48)
 
 
 # --------------------------------------------------------------------------------------------- for tests
@@ -237,6 +252,8 @@ class AwsResources:
     input_bucket: str
     images_bucket: str
     stack_name: str = ""
+    notify_queue_url: str = ""
+    notify_dlq_url: str = ""
 
     def environment(self) -> dict[str, str]:
         """The contract's variables that name these resources."""
@@ -246,11 +263,14 @@ class AwsResources:
             "JOBS_DLQ_URL": self.dlq_url,
             "INPUT_BUCKET": self.input_bucket,
             "IMAGES_BUCKET": self.images_bucket,
+            "NOTIFY_QUEUE_URL": self.notify_queue_url,
+            "NOTIFY_DLQ_URL": self.notify_dlq_url,
         }
 
     def as_dict(self) -> dict[str, str]:
         values = asdict(self)
-        values.pop("stack_name")
+        for name in ("stack_name", "notify_queue_url", "notify_dlq_url"):
+            values.pop(name)
         return values
 
     @classmethod
@@ -263,6 +283,8 @@ class AwsResources:
             input_bucket=outputs["InputBucketName"],
             images_bucket=outputs["ImagesBucketName"],
             stack_name=stack.name,
+            notify_queue_url=outputs.get("NotifyQueueUrl", ""),
+            notify_dlq_url=outputs.get("NotifyDlqUrl", ""),
         )
 
 

@@ -18,6 +18,8 @@ import pytest
 import requests
 from PIL import Image
 
+from devstack.cli.receiver import NotificationReceiver
+from devstack.stack.target import local_target
 from tests.e2e.browser import render
 from tests.e2e.stack_harness import Jobs, RunningStack
 
@@ -222,3 +224,47 @@ def test_a_job_with_every_callback_dropped_is_finished_by_the_schedule(local_sta
         assert record.get("status") == "succeeded", record
     finally:
         requests.post(faults, json={"callback_drop_rate": 0.0}, timeout=5).raise_for_status()
+
+
+def test_a_job_with_a_notify_url_is_delivered_signed_to_a_local_receiver(local_stack: RunningStack) -> None:
+    """`klingctl submit --notify-url` against a receiver like `klingctl listen`'s: one delivery, verified with the
+    stack's generated secret by standardwebhooks, whose presigned link downloads the stored image; `status` shows
+    it delivered. The IAM proof (the fixture's teardown) checks the notify function's calls against its role."""
+    target = local_target(local_stack.state_path)
+    assert target.notify_secret_arn is not None
+    secret = local_stack.client("secretsmanager").get_secret_value(SecretId=target.notify_secret_arn)["SecretString"]
+    receiver = NotificationReceiver(secret).start()
+    try:
+        run = local_stack.klingctl(
+            "submit", "-p", "a heron", "--job-id", "e2e-notify", "--notify-url", receiver.url, "--wait"
+        )
+        assert run.exit_code == 0, run.output
+        [delivery] = receiver.wait_for(1, timeout=60)
+    finally:
+        receiver.stop()
+    assert delivery.verified and delivery.payload is not None, delivery.problem
+    assert delivery.payload["type"] == "job.succeeded" and delivery.payload["data"]["job_id"] == "e2e-notify"
+    [image] = delivery.payload["data"]["images"]
+    assert len(requests.get(image["url"], timeout=10).content) == image["size"]
+    deadline = time.monotonic() + 30
+    while (_record(local_stack, "e2e-notify").get("notify") or {}).get("status") != "delivered":
+        assert time.monotonic() < deadline, _record(local_stack, "e2e-notify")
+        time.sleep(0.2)
+    shown = local_stack.klingctl("status", "e2e-notify")
+    assert "delivered after 1 attempt" in shown.output, shown.output
+
+
+def test_a_refused_notify_url_fails_the_job_naming_it(local_stack: RunningStack) -> None:
+    run = local_stack.klingctl(
+        "submit",
+        "-p",
+        "a heron",
+        "--job-id",
+        "e2e-notify-refused",
+        "--notify-url",
+        "https://169.254.169.254/x",
+        "--wait",
+    )
+    assert run.exit_code == 1, run.output
+    error = _record(local_stack, "e2e-notify-refused")["error"]
+    assert isinstance(error, dict) and error["code"] == "invalid_job" and error["message"].startswith("notify_url: ")

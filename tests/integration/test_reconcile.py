@@ -17,10 +17,13 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 
+from devstack.cli.receiver import NotificationReceiver
 from devstack.events.lambda_context import LambdaContext
+from devstack.events.sqs import lambda_record, queue_arn, sqs_event
 from devstack.kling_simulator import FAIL_MARKER, KlingSimulator, SimulatorConfig
 from devstack.stack.moto_server import MotoServer
 from devstack.stack.template_stack import AwsResources, create_resources
+from functions.notify import app as notify_app
 from functions.reconcile import app as reconcile_app
 from functions.submit import app as submit_app
 from functions.webhook import app as webhook_app
@@ -115,7 +118,7 @@ def _empty(resources: AwsResources, events_url: str) -> None:
     with table.batch_writer() as batch:
         for item in table.scan(ProjectionExpression="job_id")["Items"]:
             batch.delete_item(Key={"job_id": item["job_id"]})
-    for url in (resources.queue_url, resources.dlq_url, events_url):
+    for url in (resources.queue_url, resources.dlq_url, events_url, resources.notify_queue_url):
         drain(url)
     s3 = boto3.client("s3")
     page = s3.list_object_versions(Bucket=resources.images_bucket)
@@ -633,6 +636,61 @@ def test_every_finished_job_is_announced_exactly_once_whoever_finished_it(world:
         assert world.record(job_id).status.value == event["detail"]["status"]
     invalid = next(event for event in events if event["detail"]["job_id"] == "invalid")
     assert "n: must be between 1 and 9 (got 12)" in invalid["detail"]["error"]["message"]
+
+
+def test_duplicate_callbacks_and_reconciler_runs_notify_each_job_once_with_one_webhook_id(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same finishes as above, each job with a notify_url: the write that made a job final queued its one
+    notification, whoever made it and however many reports came after; a receiver gets one delivery per job."""
+    secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+    monkeypatch.setenv("NOTIFY_HOST_ALLOWLIST", "127.0.0.1")
+    monkeypatch.setenv("NOTIFY_SECRET", secret)
+    monkeypatch.setenv("POWERTOOLS_SERVICE_NAME", "notify")
+    notify_app.runtime.cache_clear()
+    receiver = NotificationReceiver(secret).start()
+    try:
+        world.send_jobs(_job("by-webhook", n=2) | {"notify_url": receiver.url})
+        assert world.submit_queued(1) == set()
+        wait_until(lambda: world.record("by-webhook").status is JobStatus.SUCCEEDED, message="webhook to finish")
+        world.sim.set_faults(callback_drop_rate=1.0)
+        world.send_jobs(
+            _job("by-reconciler") | {"notify_url": receiver.url},
+            _job("kling-failed", prompt=FAIL_MARKER) | {"notify_url": receiver.url},
+        )
+        assert world.submit_queued(2) == set()
+        world.wait_for_tasks(["by-reconciler"])
+        world.wait_for_tasks(["kling-failed"], status="failed")
+        world.reconcile()
+        world.reconcile()
+        world.sim.set_faults(callback_drop_rate=0.0)
+        for job_id in ("by-webhook", "by-reconciler", "kling-failed"):  # late duplicate callbacks
+            task = world.sim.task(job_id)
+            assert task is not None
+            world.sim.send_callback(task["task_id"])
+        wait_until(lambda: len(_answered_resends(world.sim)) == 3, message="duplicate callbacks answered")
+        world.reconcile()
+
+        messages = drain(world.aws.notify_queue_url)
+        assert Counter(json.loads(message["Body"])["job_id"] for message in messages) == Counter(
+            {"by-webhook": 1, "by-reconciler": 1, "kling-failed": 1}
+        )
+        arn = queue_arn(world.aws.notify_queue_url)
+        event = sqs_event(lambda_record(message, arn) for message in messages)  # as the trigger hands them over
+        response = notify_app.lambda_handler(event, LambdaContext("notify", timeout_seconds=60))
+        assert response["batchItemFailures"] == []
+        deliveries = receiver.wait_for(3)
+    finally:
+        receiver.stop()
+        notify_app.runtime.cache_clear()
+    assert all(delivery.verified for delivery in deliveries)
+    by_job = {d.payload["data"]["job_id"]: d for d in deliveries if d.payload is not None}
+    assert sorted(by_job) == ["by-reconciler", "by-webhook", "kling-failed"] and len(deliveries) == 3
+    assert len({delivery.webhook_id for delivery in deliveries}) == 3
+    assert (by_job["kling-failed"].payload or {}).get("type") == "job.failed"
+    for job_id in by_job:
+        state = world.record(job_id).notify
+        assert state is not None and (state.status, state.attempts) == ("delivered", 1)
 
 
 # -- concurrency ----------------------------------------------------------------------------------------------

@@ -54,9 +54,14 @@ def test_every_function_runs_with_its_deployed_handler_environment_timeout_and_m
 
 
 def test_the_triggers_come_from_the_deployed_stack(stack: DeployedStack) -> None:
-    (mapping,) = deployed.queue_mappings(stack, boto3.client("lambda"))
-    assert (mapping.function, mapping.batch_size, mapping.batching_window) == ("SubmitFunction", 10, 5.0)
+    mappings = {mapping.function: mapping for mapping in deployed.queue_mappings(stack, boto3.client("lambda"))}
+    assert sorted(mappings) == ["NotifyFunction", "SubmitFunction"]
+    mapping = mappings["SubmitFunction"]
+    assert (mapping.batch_size, mapping.batching_window) == (10, 5.0)
     assert mapping.report_batch_item_failures and mapping.maximum_concurrency == 5
+    notify = mappings["NotifyFunction"]
+    assert notify.queue_arn.endswith("NotifyQueue") or "notifyqueue" in notify.queue_arn.lower()
+    assert (notify.batch_size, notify.report_batch_item_failures) == (5, True)
     (upload,) = deployed.bucket_notifications(stack)
     assert (upload.function, upload.bucket, upload.filter_rules) == (
         "IngestFunction",
@@ -78,8 +83,8 @@ def test_the_jobs_queues_visibility_timeout_is_the_templates(moto_server: MotoSe
 
 def test_the_submit_mappings_batch_size_is_the_templates(moto_server: MotoServer, tmp_path: Path) -> None:
     stack = _deploy(tmp_path, _replace("BatchSize: 10", "BatchSize: 7"))
-    (mapping,) = deployed.queue_mappings(stack, boto3.client("lambda"))
-    assert mapping.batch_size == 7
+    mappings = {mapping.function: mapping for mapping in deployed.queue_mappings(stack, boto3.client("lambda"))}
+    assert mappings["SubmitFunction"].batch_size == 7
 
 
 def test_a_functions_timeout_is_the_templates(moto_server: MotoServer, tmp_path: Path) -> None:
@@ -91,7 +96,7 @@ def test_a_function_without_a_variable_its_contract_requires_is_named(moto_serve
     # JOBS_TABLE comes from Globals: moved to every function but submit, as a slip in an edit would do.
     def move_jobs_table(text: str) -> str:
         text = _replace("        JOBS_TABLE: !Ref JobsTable\n", "")(text)
-        for name in ("webhook", "ingest", "reconcile"):
+        for name in ("webhook", "ingest", "reconcile", "notify"):
             text = _replace(
                 f"          POWERTOOLS_SERVICE_NAME: {name}\n",
                 f"          POWERTOOLS_SERVICE_NAME: {name}\n          JOBS_TABLE: !Ref JobsTable\n",

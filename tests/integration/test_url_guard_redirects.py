@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -25,7 +26,15 @@ class _Server:
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 server_self.requests.append(self.path)
-                status, headers, body = routes.get(self.path, (404, {}, b"not found"))
+                self._answer()
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                server_self.requests.append(f"POST {self.path} {self.rfile.read(length).decode()}")
+                self._answer()
+
+            def _answer(self) -> None:
+                status, headers, body = routes.get(self.path.split(" ")[0], (404, {}, b"not found"))
                 self.send_response(status)
                 for name, value in headers.items():
                     self.send_header(name, value)
@@ -141,3 +150,30 @@ def test_the_request_carries_the_url_host_while_connecting_to_the_checked_addres
         with pytest.raises(FetchError):
             GuardedHttp(guard).open(f"http://images.sim.test:{server.port}/x.png")
     assert seen == [f"images.sim.test:{server.port}"]
+
+
+# -- POST (notifications) -------------------------------------------------------------------------------------
+
+
+def test_a_post_follows_307_and_308_with_its_body_each_hop_checked() -> None:
+    routes = {"/hook": _redirect("/moved", 307), "/moved": _redirect("/final", 308), "/final": (204, {}, b"")}
+    with _serving(routes) as receiver:
+        http = GuardedHttp(UrlGuard([f"127.0.0.1:{receiver.port}"]))
+        assert http.post(receiver.url("/hook"), b"{}", {}, deadline=time.monotonic() + 5) == 204
+        assert receiver.requests == ["POST /hook {}", "POST /moved {}", "POST /final {}"]
+
+
+def test_a_post_redirected_to_a_host_the_guard_refuses_never_reaches_it() -> None:
+    with _serving() as canary, _serving({"/hook": _redirect(canary.url("/steal"), 307)}) as redirecting:
+        http = GuardedHttp(UrlGuard([f"127.0.0.1:{redirecting.port}"]))
+        with pytest.raises(UrlNotAllowedError, match=f"127.0.0.1:{canary.port} is not in"):
+            http.post(redirecting.url("/hook"), b"{}", {}, deadline=time.monotonic() + 5)
+        assert canary.requests == [] and redirecting.requests == ["POST /hook {}"]
+
+
+def test_a_post_answered_302_is_a_failure_not_a_redirect_to_a_get() -> None:
+    with _serving({"/hook": _redirect("/elsewhere", 302), "/elsewhere": (200, {}, b"")}) as receiver:
+        http = GuardedHttp(UrlGuard([f"127.0.0.1:{receiver.port}"]))
+        with pytest.raises(FetchError) as failed:
+            http.post(receiver.url("/hook"), b"{}", {}, deadline=time.monotonic() + 5)
+        assert failed.value.http_status == 302 and receiver.requests == ["POST /hook {}"]

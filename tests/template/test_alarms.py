@@ -30,6 +30,7 @@ FUNCTIONS = {
     "webhook": "WebhookFunction",
     "ingest": "IngestFunction",
     "reconcile": "ReconcileFunction",
+    "notify": "NotifyFunction",
 }
 AT_ONCE = "GreaterThanThreshold"
 AT_LEAST = "GreaterThanOrEqualToThreshold"
@@ -55,6 +56,8 @@ RULES = {
     "CopyFailuresAlarm": Rule((("webhook", "CopyFailures"), ("reconcile", "ReconcileCopyFailed")), 900, 3, AT_LEAST),
     # One job's submission raised; the batch (so AWS/Lambda Errors) still succeeds with that item failed.
     "SubmitJobErrorsAlarm": Rule((("submit", "SubmitErrors"),), 300, 0),
+    # A notification's handling raised; the batch still succeeds with that item failed.
+    "NotifyJobErrorsAlarm": Rule((("notify", "NotifyErrors"),), 300, 0),
     # An upload could not be handled; with an SQS-delivered notification the invocation still succeeds.
     "UploadFailuresAlarm": Rule((("ingest", "UploadFailures"),), 300, 0),
     # A job's reconcile raised (a bug, an AWS call refused); the run goes on and succeeds.

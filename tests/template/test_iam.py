@@ -17,6 +17,7 @@ FUNCTIONS = {
     "webhook": "WebhookFunction",
     "ingest": "IngestFunction",
     "reconcile": "ReconcileFunction",
+    "notify": "NotifyFunction",
 }
 
 # Resources as `render` writes them: `${Name}` for a Ref, `${Name.Attribute}` for a GetAtt, a Sub's text with
@@ -29,6 +30,9 @@ WEBHOOK_KEY = "${WebhookSecret}"
 JOBS_QUEUE = "${JobsQueue.Arn}"
 JOBS_DLQ = "${JobsDlq.Arn}"
 INGEST_DLQ = "${IngestDlq.Arn}"
+NOTIFY_QUEUE = "${NotifyQueue.Arn}"
+NOTIFY_DLQ = "${NotifyDlq.Arn}"
+NOTIFY_KEY = "${NotifySecret}"
 INPUT_BUCKET = "arn:${AWS::Partition}:s3:::kling-input-${AWS::AccountId}-${AWS::Region}-${StackSuffix}"
 INPUT_OBJECTS = INPUT_BUCKET + "/*"
 IMAGES_OBJECTS = "arn:${AWS::Partition}:s3:::${ImagesBucket}/*"
@@ -71,6 +75,7 @@ EXPECTED: dict[str, Grants] = {
         (JOBS_QUEUE, "sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes"),
         (JOBS_QUEUE, "sqs:ChangeMessageVisibility"),
         (JOBS_QUEUE, "sqs:SendMessage"),  # a job waiting for Kling's slots goes back as a delayed message
+        (NOTIFY_QUEUE, "sqs:SendMessage"),  # a job it makes final with a notify_url
         *lambda_runtime("SubmitLogGroup"),
     ),
     "WebhookFunction": grants(
@@ -79,6 +84,7 @@ EXPECTED: dict[str, Grants] = {
         (KLING_KEY, "secretsmanager:GetSecretValue"),
         (WEBHOOK_KEY, "secretsmanager:GetSecretValue"),
         (IMAGES_OBJECTS, "s3:PutObject", "s3:AbortMultipartUpload"),
+        (NOTIFY_QUEUE, "sqs:SendMessage"),
         *lambda_runtime("WebhookLogGroup"),
     ),
     "IngestFunction": grants(
@@ -106,7 +112,20 @@ EXPECTED: dict[str, Grants] = {
         (JOBS_DLQ, "sqs:ReceiveMessage", "sqs:DeleteMessage"),
         (JOBS_QUEUE, "sqs:SendMessage"),  # deferred jobs, re-queued when the next day's budget opens
         (IMAGES_OBJECTS, "s3:PutObject", "s3:AbortMultipartUpload"),
+        (NOTIFY_QUEUE, "sqs:SendMessage"),
         *lambda_runtime("ReconcileLogGroup"),
+    ),
+    # The notify function (adapters/notify_delivery.py, sqs.py): reads the job and records `notify`, presigns
+    # the image links (GetObject with its credentials), reads its signing secret (current and AWSPREVIOUS), is
+    # fed by its queue's trigger, retries on it and dead-letters to its DLQ.
+    "NotifyFunction": grants(
+        (TABLE, "dynamodb:GetItem", "dynamodb:UpdateItem"),
+        (NOTIFY_KEY, "secretsmanager:GetSecretValue"),
+        (IMAGES_OBJECTS, "s3:GetObject"),
+        (NOTIFY_QUEUE, "sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes"),
+        (NOTIFY_QUEUE, "sqs:SendMessage"),
+        (NOTIFY_DLQ, "sqs:SendMessage"),
+        *lambda_runtime("NotifyLogGroup"),
     ),
 }
 
@@ -243,7 +262,9 @@ def test_iam_over_grant_reconcile_sends_to_the_jobs_queue_only_to_requeue_deferr
     # However the ARN is written (GetAtt, or a Sub of its QueueName as SAM's policy templates write it).
     on_jobs_queue = sorted((action, resource) for action, resource in reconcile if "${JobsQueue." in resource)
     assert on_jobs_queue == [("sqs:SendMessage", "${JobsQueue.Arn}")]
-    assert [resource for action, resource in reconcile if action.startswith("sqs:Send")] == ["${JobsQueue.Arn}"]
+    # And the notification delivery queue, for a job it makes final with a notify_url (docs/notify.md).
+    sends = sorted(resource for action, resource in reconcile if action.startswith("sqs:Send"))
+    assert sends == ["${JobsQueue.Arn}", NOTIFY_QUEUE]
 
 
 @pytest.mark.parametrize("function", FUNCTIONS.values())

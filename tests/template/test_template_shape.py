@@ -15,6 +15,7 @@ FUNCTIONS = {
     "webhook": "WebhookFunction",
     "ingest": "IngestFunction",
     "reconcile": "ReconcileFunction",
+    "notify": "NotifyFunction",
 }
 COMMON_VARIABLES = {
     "JOBS_TABLE",
@@ -35,6 +36,8 @@ NEEDED_VARIABLES = {
     "ReconcileFunction": COMMON_VARIABLES
     | KLING_VARIABLES
     | {"IMAGES_BUCKET", "IMAGE_HOST_ALLOWLIST", "JOBS_QUEUE_URL", "JOBS_DLQ_URL"},
+    "NotifyFunction": COMMON_VARIABLES
+    | {"IMAGES_BUCKET", "NOTIFY_QUEUE_URL", "NOTIFY_DLQ_URL", "NOTIFY_SECRET_ARN", "NOTIFY_URL_TTL_SECONDS"},
 }
 # Variables that name a secret or a capability no other function should hold.
 ONLY_ON = {
@@ -42,6 +45,8 @@ ONLY_ON = {
     "KLING_WEBHOOK_SECRET": {"WebhookFunction"},
     "JOBS_DLQ_URL": {"ReconcileFunction"},
     "WEBHOOK_SECRET_ARN": {"SubmitFunction", "WebhookFunction"},
+    "NOTIFY_SECRET_ARN": {"NotifyFunction"},
+    "NOTIFY_DLQ_URL": {"NotifyFunction"},
 }
 WEBHOOK_BASE_URL = {"Fn::Sub": "https://${WebhookApi}.execute-api.${AWS::Region}.${AWS::URLSuffix}"}
 
@@ -386,3 +391,35 @@ def test_every_checkov_skip_says_why(template: dict[str, Any]) -> None:
         for skip in definition.get("Metadata", {}).get("checkov", {}).get("skip", []):
             assert skip["id"].startswith("CKV"), name
             assert len(skip.get("comment", "")) >= 40, f"{name}: {skip['id']} needs a written reason"
+
+
+# ---------------------------------------------------------------- notifications (docs/notify.md)
+
+
+def test_every_function_that_makes_jobs_final_queues_their_notifications(template: dict[str, Any]) -> None:
+    for logical_id in ("SubmitFunction", "WebhookFunction", "ReconcileFunction", "NotifyFunction"):
+        assert function_environment(template, logical_id)["NOTIFY_QUEUE_URL"] == ref("NotifyQueue"), logical_id
+    for logical_id in ("SubmitFunction", "NotifyFunction"):
+        assert function_environment(template, logical_id)["NOTIFY_HOST_ALLOWLIST"] == ref("NotifyHostAllowlist")
+
+
+def test_the_notify_queue_feeds_the_notify_function_and_redrives_to_its_dlq(template: dict[str, Any]) -> None:
+    queue = resource(template, "NotifyQueue")
+    timeout = function_property(template, "NotifyFunction", "Timeout")
+    event = resource(template, "NotifyFunction")["Events"]["Notifications"]
+    assert event["Type"] == "SQS" and event["Properties"]["Queue"] == {"Fn::GetAtt": ["NotifyQueue", "Arn"]}
+    assert event["Properties"]["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+    window = event["Properties"]["MaximumBatchingWindowInSeconds"]
+    assert queue["VisibilityTimeout"] >= 6 * timeout + window
+    assert queue["RedrivePolicy"]["deadLetterTargetArn"] == {"Fn::GetAtt": ["NotifyDlq", "Arn"]}
+    alarm = resource(template, "NotifyDlqNotEmptyAlarm")
+    assert alarm["Dimensions"] == [{"Name": "QueueName", "Value": {"Fn::GetAtt": ["NotifyDlq", "QueueName"]}}]
+
+
+def test_the_notify_secret_is_generated_as_a_standard_webhooks_key(template: dict[str, Any]) -> None:
+    generated = resource(template, "NotifySecret")["GenerateSecretString"]
+    # Letters and digits only, a multiple of 4 long: base64 of at least 24 bytes, the key of whsec_<value>.
+    assert generated["ExcludePunctuation"] is True
+    assert generated["PasswordLength"] % 4 == 0 and generated["PasswordLength"] * 3 // 4 >= 24
+    assert template["Outputs"]["NotifySecretArn"]["Value"] == ref("NotifySecret")
+    assert function_environment(template, "NotifyFunction")["NOTIFY_SECRET_ARN"] == ref("NotifySecret")

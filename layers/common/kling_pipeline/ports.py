@@ -14,7 +14,8 @@ from typing import Any, Literal, Protocol, TypedDict, Unpack
 from kling_pipeline.contract.errors import ErrorCode, JobError, RaisedJobError
 from kling_pipeline.contract.job import S3Location, job_id_in
 from kling_pipeline.contract.lease import Lease
-from kling_pipeline.contract.record import JobRecord, StoredImage
+from kling_pipeline.contract.notify import NotifyMessage
+from kling_pipeline.contract.record import JobRecord, NotifyState, StoredImage
 from kling_pipeline.contract.status import JobStatus
 from kling_pipeline.kling.task import KlingTask
 
@@ -67,6 +68,11 @@ class JobRecords(Protocol):
         """Publish a final job's pending event (the outbox); True once it is published (or none was pending).
 
         The write that makes a job final publishes it at once; this is for the ones that failed to."""
+        ...
+
+    def record_notify(self, job_id: str, state: NotifyState, *, after_attempts: int) -> JobRecord | None:
+        """Set a final job's `notify` if the attempts it records so far are `after_attempts` (0: none yet), so
+        of two copies of one attempt only one records it; the job's status and `updated_at` stay as they are."""
         ...
 
 
@@ -314,3 +320,42 @@ class AccountLedger(Protocol):
         ...
 
     def budget(self, day: str) -> BudgetState | None: ...
+
+
+# -- notifications (notify/) ---------------------------------------------------------------------------------
+
+
+class NotifyUrlCheck(Protocol):
+    def refusal(self, url: str) -> str | None:
+        """Why a job's `notify_url` may not be called (a message naming `notify_url`), or None."""
+        ...
+
+
+@dataclass(frozen=True)
+class DeliveryResult:
+    """One attempt's answer: delivered (2xx), or why not; `permanent` failures are not retried."""
+
+    delivered: bool
+    http_status: int | None = None
+    error: JobError | None = None
+    permanent: bool = False
+
+
+class NotificationSender(Protocol):
+    def deliver(self, url: str, body: bytes, headers: Mapping[str, str]) -> DeliveryResult:
+        """POST `body` to `url` once, within the sender's deadline; never raises for what the receiver does."""
+        ...
+
+
+class ImageLinks(Protocol):
+    def link(self, s3_key: str) -> str:
+        """A time-limited GET URL of a stored result image."""
+        ...
+
+
+class NotifyQueue(Protocol):
+    """The delivery queue, and its dead-letter queue for notifications whose last attempt failed."""
+
+    def send(self, message: NotifyMessage, *, delay_seconds: int = 0) -> None: ...
+
+    def dead_letter(self, message: NotifyMessage, error: JobError) -> None: ...

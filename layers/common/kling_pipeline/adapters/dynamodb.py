@@ -30,11 +30,13 @@ from kling_pipeline.contract.record import (
     LEASE_ATTRIBUTES,
     LEASE_OWNER,
     LEASE_UNTIL,
+    NOTIFY,
     RETRY_AT,
     SLOTS_HELD,
     SLOTS_MODEL,
     SUBMIT_HOLD_ATTRIBUTES,
     JobRecord,
+    NotifyState,
 )
 from kling_pipeline.contract.status import JobStatus
 from kling_pipeline.ports import Move
@@ -390,6 +392,22 @@ class DynamoJobRecords:
         except ClientError:
             logger.exception("the job's event was published but not marked so; it may be published again")
         return True
+
+    def record_notify(self, job_id: str, state: NotifyState, *, after_attempts: int) -> JobRecord | None:
+        final = [JobStatus.SUCCEEDED.value, JobStatus.FAILED.value]
+        values: dict[str, Any] = {":final0": final[0], ":final1": final[1], ":after": after_attempts}
+        seen = "#notify.#attempts = :after"
+        if after_attempts == 0:
+            seen = f"(attribute_not_exists(#notify) OR {seen})"
+        condition = Condition(
+            f"#status IN (:final0, :final1) AND {seen}",
+            values,
+            {"#status": "status", "#notify": NOTIFY, "#attempts": "attempts"},
+        )
+        # Not `_update`: `updated_at` is when the job last changed, which a delivery attempt does not.
+        update = update_expression({NOTIFY: state.model_dump(mode="json", exclude_none=True)})
+        item = conditional_update(self._client, self._table, job_id, update, condition)
+        return record_from_item(item) if item is not None else None
 
     def _task_ended(self, record: JobRecord) -> None:
         """Kling's task ended (`succeed`; the job now copies its images): what it held of the account goes back

@@ -1,5 +1,6 @@
 """SQS behind the ports: the jobs queue (a job goes on it as its JSON body, where it came from as the `source`
-attribute), the delay before a message's next delivery, and the jobs DLQ the reconciler sweeps.
+attribute), the delay before a message's next delivery, the jobs DLQ the reconciler sweeps, and the notification
+delivery queue with its DLQ.
 
 boto3's low-level clients are thread-safe, so one instance of each serves every worker thread."""
 
@@ -13,6 +14,8 @@ import boto3
 from aws_lambda_powertools import Logger
 from botocore.exceptions import ClientError
 
+from kling_pipeline.contract.errors import JobError
+from kling_pipeline.contract.notify import NotifyMessage
 from kling_pipeline.ports import DeadLetter, Source
 
 logger = Logger(child=True)
@@ -159,3 +162,31 @@ def _dead_letter(message: dict[str, Any]) -> DeadLetter:
         receive_count=int(message.get("Attributes", {}).get("ApproximateReceiveCount", "1")),
         source="s3" if source == "s3" else "sqs",
     )
+
+
+ERROR_ATTRIBUTE = "error"
+
+
+class SqsNotifyQueue:
+    """The NotifyQueue port: NOTIFY_QUEUE_URL for attempts, NOTIFY_DLQ_URL for notifications that gave up (the
+    message as it was, its reason as the `error` attribute). Functions that only enqueue have no DLQ."""
+
+    def __init__(self, sqs_client: Any, queue_url: str, dlq_url: str | None = None) -> None:
+        self._sqs = sqs_client
+        self._url = queue_url
+        self._dlq_url = dlq_url
+
+    def send(self, message: NotifyMessage, *, delay_seconds: int = 0) -> None:
+        self._sqs.send_message(
+            QueueUrl=self._url, MessageBody=message.body(), DelaySeconds=max(0, min(900, delay_seconds))
+        )
+
+    def dead_letter(self, message: NotifyMessage, error: JobError) -> None:
+        if self._dlq_url is None:
+            raise RuntimeError("this queue was built without NOTIFY_DLQ_URL")
+        reason = json.dumps(error.as_dict(), ensure_ascii=False, separators=(",", ":"))
+        self._sqs.send_message(
+            QueueUrl=self._dlq_url,
+            MessageBody=message.body(),
+            MessageAttributes={ERROR_ATTRIBUTE: {"DataType": "String", "StringValue": reason[:4096]}},
+        )

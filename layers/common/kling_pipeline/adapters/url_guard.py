@@ -5,6 +5,10 @@ service or at something inside the VPC must not be fetched (SSRF). Every hop is 
 goes to the very address that was checked, so a DNS answer that changes between check and connect (DNS
 rebinding) cannot slip an internal address in. A host is untrusted in time too: a fetch given a deadline
 ends at it, whatever the host sends or does not send.
+
+The same guard and client deliver the producers' notifications (`notify_url`, adapters/notify_delivery.py): a
+producer's URL is as untrusted as Kling's, so it gets the same checks, with one difference of policy
+(`any_public_https`): any public https host may be called, not only allow-listed ones.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import socket
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit
 
@@ -29,8 +33,12 @@ from kling_pipeline.contract.errors import ErrorCode
 MAX_REDIRECTS = 3
 MAX_POOLS = 32  # connection pools kept per GuardedHttp (one per host and checked address)
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+# The redirects that keep the method and body: a POST answered 301/302/303 would become a GET, so for a POST
+# those are answers (failures), not redirects.
+SAME_METHOD_REDIRECTS = frozenset({307, 308})
 DEFAULT_PORTS = {"http": 80, "https": 443}
 USER_AGENT = "kling-pipeline/0.1 (image copy)"
+_GET_HEADERS = {"User-Agent": USER_AGENT, "Accept": "image/png, image/jpeg, */*;q=0.1", "Accept-Encoding": "identity"}
 
 IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Resolver = Callable[[str, int], list[str]]
@@ -83,8 +91,8 @@ class AllowEntry:
         return host == self.host and self.port in (None, port) and self.scheme in (None, scheme)
 
 
-def parse_allowlist(entries: Iterable[str]) -> tuple[AllowEntry, ...]:
-    """Allow-list entries as IMAGE_HOST_ALLOWLIST spells them; ValueError names a malformed entry."""
+def parse_allowlist(entries: Iterable[str], *, name: str = "IMAGE_HOST_ALLOWLIST") -> tuple[AllowEntry, ...]:
+    """Allow-list entries as IMAGE_HOST_ALLOWLIST (or `name`) spells them; ValueError names a malformed entry."""
     parsed = []
     for raw in entries:
         entry = raw.strip().lower()
@@ -101,8 +109,7 @@ def parse_allowlist(entries: Iterable[str]) -> tuple[AllowEntry, ...]:
         malformed = not host or split.path or split.query or split.username is not None or "*" in entry
         if malformed or (has_scheme and scheme not in DEFAULT_PORTS):
             raise ValueError(
-                f"IMAGE_HOST_ALLOWLIST: entry {raw!r} must be a host, host:port or .suffix, "
-                "optionally after http:// or https://"
+                f"{name}: entry {raw!r} must be a host, host:port or .suffix, optionally after http:// or https://"
             )
         parsed.append(AllowEntry(host, port, scheme or None))
     return tuple(parsed)
@@ -165,11 +172,27 @@ class Destination:
 
 class UrlGuard:
     """Decides whether a URL may be fetched. Internal addresses pass only for an exact (`host`/`host:port`)
-    allow-list entry, e.g. a local simulator; suffix entries admit public addresses only."""
+    allow-list entry, e.g. a local simulator; suffix entries admit public addresses only.
 
-    def __init__(self, allowlist: Iterable[str], *, resolver: Resolver = system_resolver) -> None:
-        self._entries = parse_allowlist(allowlist)
+    `any_public_https`: an https URL on no entry passes too when every address of its host is public (the
+    notification policy); plain http still needs an entry. `allowlist_name` and `field` name the variable and
+    the URL's field in the messages.
+    """
+
+    def __init__(
+        self,
+        allowlist: Iterable[str],
+        *,
+        resolver: Resolver = system_resolver,
+        any_public_https: bool = False,
+        allowlist_name: str = "IMAGE_HOST_ALLOWLIST",
+        field: str = "url",
+    ) -> None:
+        self._entries = parse_allowlist(allowlist, name=allowlist_name)
         self._resolve = resolver
+        self._any_public_https = any_public_https
+        self._list = allowlist_name
+        self._field = field
 
     def check(self, url: str) -> Destination:
         """The Destination for `url`, or UrlNotAllowedError saying which rule it breaks."""
@@ -178,23 +201,26 @@ class UrlGuard:
             scheme, port = parts.scheme.lower(), parts.port
             host = _normalise_host(parts.hostname or "")
         except ValueError:
-            raise UrlNotAllowedError(f"url: must be an absolute http(s) URL (got {url[:200]!r})") from None
+            raise UrlNotAllowedError(f"{self._field}: must be an absolute http(s) URL (got {url[:200]!r})") from None
         if scheme not in DEFAULT_PORTS or not host:
-            raise UrlNotAllowedError(f"url: must be an absolute http(s) URL (got {url[:200]!r})")
+            raise UrlNotAllowedError(f"{self._field}: must be an absolute http(s) URL (got {url[:200]!r})")
         if parts.username is not None or parts.password is not None:
-            raise UrlNotAllowedError(f"url: must not carry credentials (host {host})")
+            raise UrlNotAllowedError(f"{self._field}: must not carry credentials (host {host})")
         port = port or DEFAULT_PORTS[scheme]
         matching = [entry for entry in self._entries if entry.matches(scheme, host, port)]
-        if not matching:
-            raise UrlNotAllowedError(f"url: {scheme}://{host}:{port} is not in IMAGE_HOST_ALLOWLIST")
+        if not matching and not (self._any_public_https and scheme == "https"):
+            where = f"{self._field}: {scheme}://{host}:{port}"
+            if self._any_public_https:
+                raise UrlNotAllowedError(f"{where} must be https (plain http only for a host in {self._list})")
+            raise UrlNotAllowedError(f"{where} is not in {self._list}")
         exact = any(not entry.is_suffix for entry in matching)
         addresses = self._addresses(host, port)
         if not exact:
             for address in addresses:
                 if not is_public_address(address):
                     raise UrlNotAllowedError(
-                        f"url: host {host} resolves to non-public address {address} "
-                        "(only an exact IMAGE_HOST_ALLOWLIST entry may do that)"
+                        f"{self._field}: host {host} resolves to non-public address {address} "
+                        f"(only an exact {self._list} entry may do that)"
                     )
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         return Destination(url, scheme, host, port, str(addresses[0]), target)
@@ -207,9 +233,11 @@ class UrlGuard:
         try:
             resolved = [ipaddress.ip_address(raw) for raw in self._resolve(host, port)]
         except (OSError, ValueError) as exc:
-            raise FetchError(ErrorCode.DNS_FAILED, f"url: host {host} could not be resolved ({exc})") from None
+            raise FetchError(
+                ErrorCode.DNS_FAILED, f"{self._field}: host {host} could not be resolved ({exc})"
+            ) from None
         if not resolved:
-            raise FetchError(ErrorCode.DNS_FAILED, f"url: host {host} resolved to no address")
+            raise FetchError(ErrorCode.DNS_FAILED, f"{self._field}: host {host} resolved to no address")
         return resolved
 
 
@@ -298,8 +326,19 @@ class _HttpsPool(urllib3.HTTPSConnectionPool):
     ConnectionCls = _WatchedHTTPSConnection
 
 
+@dataclass(frozen=True)
+class _Request:
+    method: str
+    headers: Mapping[str, str]
+    body: bytes | None = None
+    follows: frozenset[int] = REDIRECT_STATUSES
+
+
+_GET = _Request("GET", _GET_HEADERS)
+
+
 class GuardedHttp:
-    """GETs untrusted URLs through a UrlGuard, following redirects itself (each hop re-checked)."""
+    """GETs (and POSTs to) untrusted URLs through a UrlGuard, following redirects itself (each hop re-checked)."""
 
     def __init__(
         self,
@@ -335,7 +374,7 @@ class GuardedHttp:
         cutoff = None if deadline is None else _Cutoff(deadline)
         response = None
         try:
-            response = self._open(url, deadline, cutoff)
+            response = self._open(url, deadline, cutoff, _GET)
             yield response
         finally:
             if cutoff is not None:
@@ -345,26 +384,46 @@ class GuardedHttp:
 
     def open(self, url: str) -> urllib3.BaseHTTPResponse:
         """A 2xx response whose body is not read yet (stream it, then `release_conn()`); no deadline."""
-        return self._open(url, None, None)
+        return self._open(url, None, None, _GET)
 
-    def _open(self, url: str, deadline: float | None, cutoff: _Cutoff | None) -> urllib3.BaseHTTPResponse:
+    def post(self, url: str, body: bytes, headers: Mapping[str, str], *, deadline: float) -> int:
+        """POST `body` with `headers`; the 2xx status, else FetchError (`http_status` says what answered).
+
+        Only 307/308 are followed (re-checked, body sent again). The answer's body is never read, only closed:
+        nothing a receiver sends back is trusted, kept or waited for beyond its status line, by `deadline`.
+        """
+        request = _Request("POST", headers, body, SAME_METHOD_REDIRECTS)
+        cutoff = _Cutoff(deadline)
+        response = None
+        try:
+            response = self._open(url, deadline, cutoff, request)
+            return response.status
+        finally:
+            cutoff.end()
+            if response is not None:
+                _discard(response)
+
+    def _open(
+        self, url: str, deadline: float | None, cutoff: _Cutoff | None, request: _Request
+    ) -> urllib3.BaseHTTPResponse:
         _opening.cutoff = cutoff
         try:
-            return self._follow(url, deadline)
+            return self._follow(url, deadline, request)
         finally:
             _opening.cutoff = None
 
-    def _follow(self, url: str, deadline: float | None) -> urllib3.BaseHTTPResponse:
+    def _follow(self, url: str, deadline: float | None, request: _Request) -> urllib3.BaseHTTPResponse:
+        method = request.method
         for _hop in range(self._max_redirects + 1):
             destination = self._guard.check(url)
-            response = self._get(destination, deadline)
-            if response.status not in REDIRECT_STATUSES:
+            response = self._send(destination, deadline, request)
+            if response.status not in request.follows:
                 if 200 <= response.status < 300:
                     return response
                 _discard(response)
                 raise FetchError(
                     ErrorCode.HTTP_ERROR,
-                    f"GET {_short(url)}: HTTP {response.status}",
+                    f"{method} {_short(url)}: HTTP {response.status}",
                     url=_short(url),
                     http_status=response.status,
                 )
@@ -373,14 +432,14 @@ class GuardedHttp:
             if not location:
                 raise FetchError(
                     ErrorCode.HTTP_ERROR,
-                    f"GET {_short(url)}: HTTP {response.status} without Location",
+                    f"{method} {_short(url)}: HTTP {response.status} without Location",
                     url=_short(url),
                     http_status=response.status,
                 )
             url = urljoin(url, location)
         raise FetchError(
             ErrorCode.TOO_MANY_REDIRECTS,
-            f"GET: more than {self._max_redirects} redirects (last {_short(url)})",
+            f"{method}: more than {self._max_redirects} redirects (last {_short(url)})",
             url=_short(url),
         )
 
@@ -390,18 +449,15 @@ class GuardedHttp:
         for pool in pools:
             pool.close()
 
-    def _get(self, destination: Destination, deadline: float | None) -> urllib3.BaseHTTPResponse:
-        timeout = self._timeout(destination, deadline)
+    def _send(self, destination: Destination, deadline: float | None, request: _Request) -> urllib3.BaseHTTPResponse:
+        timeout = self._timeout(destination, deadline, request.method)
+        method = request.method
         try:
             return self._pool(destination).urlopen(
-                "GET",
+                method,
                 destination.target,
-                headers={
-                    "Host": destination.host_header,
-                    "User-Agent": USER_AGENT,
-                    "Accept": "image/png, image/jpeg, */*;q=0.1",
-                    "Accept-Encoding": "identity",
-                },
+                body=request.body,
+                headers={"Host": destination.host_header, **request.headers},
                 redirect=False,
                 retries=False,
                 preload_content=False,
@@ -413,21 +469,21 @@ class GuardedHttp:
             if deadline is not None and time.monotonic() >= deadline:  # timed out at, or cut by, the deadline
                 raise FetchError(
                     ErrorCode.COPY_TIMEOUT,
-                    f"GET {_short(destination.url)}: no response before the deadline",
+                    f"{method} {_short(destination.url)}: no response before the deadline",
                     url=_short(destination.url),
                 ) from None
             raise FetchError(
-                ErrorCode.NETWORK_ERROR, f"GET {_short(destination.url)}: {exc}", url=_short(destination.url)
+                ErrorCode.NETWORK_ERROR, f"{method} {_short(destination.url)}: {exc}", url=_short(destination.url)
             ) from None
 
-    def _timeout(self, destination: Destination, deadline: float | None) -> urllib3.Timeout:
+    def _timeout(self, destination: Destination, deadline: float | None, method: str) -> urllib3.Timeout:
         if deadline is None:
             return urllib3.Timeout(connect=self._connect_timeout, read=self._read_timeout)
         left = deadline - time.monotonic()
         if left <= 0:
             raise FetchError(
                 ErrorCode.COPY_TIMEOUT,
-                f"GET {_short(destination.url)}: the deadline passed before the request",
+                f"{method} {_short(destination.url)}: the deadline passed before the request",
                 url=_short(destination.url),
             )
         return urllib3.Timeout(connect=min(self._connect_timeout, left), read=min(self._read_timeout, left))

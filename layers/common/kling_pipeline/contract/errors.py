@@ -47,6 +47,10 @@ class ErrorCode(StrEnum):
     UNKNOWN_JOB = "unknown_job"
     WRONG_TASK = "wrong_task"
     INTERNAL_ERROR = "internal_error"
+    # A record's `notify.last_error`: why the last delivery of its notification failed (with url_not_allowed,
+    # dns_failed, network_error, http_error and too_many_redirects above, about the `notify_url`).
+    RECEIVER_GONE = "receiver_gone"
+    DELIVERY_TIMEOUT = "delivery_timeout"
 
 
 # Why a job may succeed if it is sent again (under a new job_id: a failed job is final): Kling or the pipeline

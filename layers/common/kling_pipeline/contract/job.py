@@ -1,10 +1,14 @@
 """The job: what an SQS message or an upload manifest may ask for. The single source of truth for its rules.
 
-Fields are Kling's create-body fields under Kling's own names, plus `job_id`, `image_s3` and `metadata`.
+Fields are Kling's create-body fields under Kling's own names, plus `job_id`, `image_s3`, `metadata` and
+`notify_url`.
 `callback_url` and `external_task_id` belong to the pipeline and are rejected. Limits Kling does not set:
 - `job_id`: 1-64 characters of `[A-Za-z0-9_.-]`, not `.` or `..`.
 - `metadata`: a flat object of at most 32 keys; keys 1-64 characters; values strings of at most 512 characters.
 - `image` as a URL: http or https, at most 4096 characters (room for presigned URLs).
+- `notify_url`: an absolute http(s) URL without credentials, at most 2048 characters. Where it may point (https
+  only, no internal addresses, unless allow-listed) needs DNS, so submit checks that through a port
+  (ports.NotifyUrlCheck) before anything else happens to the job.
 - `negative_prompt` and `element_list` may not be empty: leave them out instead.
 - Numbers must be JSON numbers of the right kind: `n` and element ids reject `true`, `2.0` and `"3"`.
 Rules that combine fields are checked once every field is valid, so a bad field is reported first.
@@ -35,6 +39,7 @@ MAX_REFERENCES = 10  # elements plus reference images
 MAX_ELEMENT_ID = 2**63 - 1
 MAX_JOB_ID_CHARS = 64
 MAX_IMAGE_URL_CHARS = 4096
+MAX_NOTIFY_URL_CHARS = 2048
 MAX_METADATA_KEYS, MAX_METADATA_KEY_CHARS, MAX_METADATA_VALUE_CHARS = 32, 64, 512
 
 PIPELINE_FIELDS = ("callback_url", "external_task_id")
@@ -125,6 +130,18 @@ def _is_http_url(value: str) -> bool:
     return parts.scheme.lower() in ("http", "https") and bool(parts.hostname) and not re.search(r"\s", value)
 
 
+def _valid_notify_url(value: str) -> str:
+    if not _is_http_url(value):
+        raise _rule("notify_url", "must be an absolute https URL")
+    if len(value) > MAX_NOTIFY_URL_CHARS:
+        raise _rule("notify_url", f"must be at most {MAX_NOTIFY_URL_CHARS} characters", got=len(value))
+    parts = urlsplit(value)
+    if parts.username is not None or parts.password is not None:
+        # The value is not echoed: it holds the credentials.
+        raise _rule("notify_url", "must not carry credentials (user:password@)", got=parts.hostname)
+    return value
+
+
 def _not_a_dot_segment(value: str) -> str:
     # The job id is a path segment (the callback URL) and an S3 key prefix: "." and ".." would be
     # normalised away, so callbacks could never find the job and its images would land outside its folder.
@@ -153,6 +170,8 @@ Metadata = Annotated[
     Field(max_length=MAX_METADATA_KEYS),
 ]
 
+
+NotifyUrl = Annotated[str, Field(min_length=1), AfterValidator(_valid_notify_url)]
 
 _JOB_ID_ADAPTER: TypeAdapter[str] = TypeAdapter(JobId)
 
@@ -201,6 +220,7 @@ class Job(_Strict):
     aspect_ratio: AspectRatio | None = None
     watermark_info: WatermarkInfo | None = None
     metadata: Metadata | None = None
+    notify_url: NotifyUrl | None = None  # called, signed, once the job is final (docs/notify.md)
 
     @property
     def has_image(self) -> bool:

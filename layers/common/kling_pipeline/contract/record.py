@@ -15,6 +15,7 @@ COPY_ERROR = "copy_error"
 COPY_ATTEMPTS = "copy_attempts"
 RECONCILED_AT = "reconciled_at"
 EVENT_PENDING = "event_pending"
+NOTIFY = "notify"
 LEASE_OWNER = "submit_lease_owner"
 LEASE_UNTIL = "submit_lease_until"  # Unix milliseconds
 RETRY_AT = "submit_retry_at"  # Unix milliseconds
@@ -35,6 +36,25 @@ class StoredImage(BaseModel):
     content_type: str
     size: int
     watermark_s3_key: str | None = None
+
+
+class NotifyState(BaseModel):
+    """The delivery of a final job's notification to its `notify_url` (docs/notify.md).
+
+    `pending` while attempts remain, `delivered` once the receiver answered 2xx, `failed` when it answered 410
+    Gone or every attempt for the retry window failed; `last_error` says why the last attempt failed.
+    """
+
+    model_config = ConfigDict(extra="ignore")
+
+    status: Literal["pending", "delivered", "failed"]
+    attempts: int = 0
+    last_error: JobError | None = None
+    delivered_at: str | None = None
+
+    @property
+    def settled(self) -> bool:
+        return self.status != "pending"
 
 
 class JobRecord(BaseModel):
@@ -81,6 +101,14 @@ class JobRecord(BaseModel):
     queued_body: str | None = None  # a deferred job's message body, sent again when its budget opens
     # Once final: true until the job's `Job Succeeded`/`Job Failed` event is published (the outbox).
     event_pending: bool | None = None
+    # Once final, for a job with a `notify_url`: how its notification's delivery stands.
+    notify: NotifyState | None = None
+
+    @property
+    def notify_url(self) -> str | None:
+        """The job's `notify_url`, as its validated request holds it."""
+        url = (self.request or {}).get("notify_url")
+        return url if isinstance(url, str) else None
 
     @property
     def copies_tried(self) -> int:

@@ -41,6 +41,8 @@ class FunctionEnvironment(BaseModel):
     jobs_table: str
     event_bus_name: str = "default"
     images_bucket: str | None = None  # named in the events' image URIs
+    # The notification delivery queue: a job made final with a `notify_url` is put on it (docs/notify.md).
+    notify_queue_url: str | None = None
 
     @classmethod
     def choice_problems(cls, given: frozenset[str]) -> list[str]:
@@ -104,6 +106,13 @@ class WebhookSecretSource(BaseModel):
     webhook_previous_secret: str | None = None
 
 
+def _host_list(value: object) -> object:
+    """A comma-separated host list as a tuple of lower-case entries."""
+    if isinstance(value, str):
+        return tuple(host.strip().lower() for host in value.split(",") if host.strip())
+    return value
+
+
 class ImageCopyOptions(BaseModel):
     """Where finished images go and where they may come from."""
 
@@ -114,9 +123,19 @@ class ImageCopyOptions(BaseModel):
     @field_validator("image_host_allowlist", mode="before")
     @classmethod
     def _split_hosts(cls, value: object) -> object:
-        if isinstance(value, str):
-            return tuple(host.strip().lower() for host in value.split(",") if host.strip())
-        return value
+        return _host_list(value)
+
+
+class NotifyTargets(BaseModel):
+    """Where a job's `notify_url` may point: any public https host, and the hosts listed here also over http
+    or on internal addresses (comma-separated `host[:port]`, exact; empty by default)."""
+
+    notify_host_allowlist: tuple[str, ...] = ()
+
+    @field_validator("notify_host_allowlist", mode="before")
+    @classmethod
+    def _split_notify_hosts(cls, value: object) -> object:
+        return _host_list(value)
 
 
 class SubmitOptions(BaseModel):
@@ -184,7 +203,9 @@ class ReconcileOptions(BaseModel):
         return timedelta(seconds=self.reconcile_max_job_age_seconds)
 
 
-class SubmitEnvironment(FunctionEnvironment, KlingAccess, WebhookSecretSource, SubmitOptions, GovernorOptions):
+class SubmitEnvironment(
+    FunctionEnvironment, KlingAccess, WebhookSecretSource, SubmitOptions, GovernorOptions, NotifyTargets
+):
     webhook_base_url: str
 
     @field_validator("webhook_base_url")
@@ -227,3 +248,54 @@ class ReconcileEnvironment(FunctionEnvironment, KlingAccess, ImageCopyOptions, R
     images_bucket: str
     jobs_queue_url: str | None = None
     jobs_dlq_url: str | None = None  # default: the redrive target of JOBS_QUEUE_URL
+
+
+# SQS's longest message delay: a longer wait between two attempts is several delayed hops of the same message.
+MAX_SQS_DELAY_SECONDS = 900
+
+
+class NotifyEnvironment(FunctionEnvironment, NotifyTargets):
+    """The notify function: signs and delivers final jobs' notifications, retrying through its own queue."""
+
+    ONE_OF: ClassVar[tuple[OneOf, ...]] = (
+        ((("notify_secret",), ("notify_secret_arn",)), "no notify secret: set NOTIFY_SECRET or NOTIFY_SECRET_ARN"),
+    )
+
+    images_bucket: str
+    notify_queue_url: str  # where a retry goes, delayed
+    notify_dlq_url: str  # where a notification goes after its last attempt
+    notify_secret: str | None = None
+    notify_secret_arn: str | None = None
+    # The secret before a rotation (NOTIFY_SECRET given directly; with NOTIFY_SECRET_ARN the secret's
+    # AWSPREVIOUS version): while there is one, it signs too, so receivers may switch at their own pace.
+    notify_previous_secret: str | None = None
+    # Presigned image links; capped by what the signing credentials allow (a role's session: 12 hours).
+    notify_url_ttl_seconds: int = Field(default=3600, ge=60, le=MAX_ROLE_SIGNED_SECONDS)
+    # Attempts back off exponentially (with jitter) from the base to the cap, for at least the window.
+    notify_retry_base_seconds: float = Field(default=30.0, gt=0, le=86400)
+    notify_retry_max_delay_seconds: float = Field(default=6 * 3600.0, gt=0, le=86400)
+    notify_retry_window_seconds: float = Field(default=24 * 3600.0, ge=0, le=14 * 86400)
+    notify_timeout_seconds: float = Field(default=10.0, gt=0, le=60)  # one attempt, from connect to status
+
+    @field_validator("notify_secret", "notify_previous_secret")
+    @classmethod
+    def _signing_secret(cls, value: str | None) -> str | None:
+        if value is not None:
+            signing_key_problem(as_whsec(value))
+        return value
+
+    @model_validator(mode="after")
+    def _delays_in_order(self) -> NotifyEnvironment:
+        if self.notify_retry_max_delay_seconds < self.notify_retry_base_seconds:
+            raise ValueError(
+                "NOTIFY_RETRY_MAX_DELAY_SECONDS must be at least NOTIFY_RETRY_BASE_SECONDS "
+                f"(got {self.notify_retry_max_delay_seconds} < {self.notify_retry_base_seconds})"
+            )
+        return self
+
+
+def as_whsec(secret: str) -> str:
+    """A Standard Webhooks secret with its `whsec_` prefix. The template's generated secret is the bare base64
+    key (Secrets Manager generates no prefix); receivers are given it prefixed, the library takes either."""
+    secret = secret.strip()
+    return secret if secret.startswith("whsec_") else f"whsec_{secret}"

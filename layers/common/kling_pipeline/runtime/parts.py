@@ -1,4 +1,5 @@
-"""Parts more than one function is built from: the jobs table (announcing final jobs) and the image copier."""
+"""Parts more than one function is built from: the jobs table (announcing final jobs, queueing their
+notifications) and the image copier."""
 
 from __future__ import annotations
 
@@ -10,22 +11,30 @@ from kling_pipeline.adapters.dynamodb import DynamoJobRecords
 from kling_pipeline.adapters.eventbridge import JobEventPublisher
 from kling_pipeline.adapters.image_copy import ImageCopier
 from kling_pipeline.adapters.ledger import DynamoAccountLedger
+from kling_pipeline.adapters.sqs import SqsNotifyQueue
 from kling_pipeline.adapters.url_guard import GuardedHttp, UrlGuard
 from kling_pipeline.contract.record import JobRecord
 from kling_pipeline.contract.settings import FunctionEnvironment, ImageCopyOptions
+from kling_pipeline.notify.delivery import enqueue_final
 
 
 def job_records(env: FunctionEnvironment) -> DynamoJobRecords:
     """The jobs table. Every job whose Kling task ended (`copying`) or that a function makes final gives back what
-    it holds of the Kling account (slots, its unit estimate settled), and every final job is announced on the
-    event bus; the table's outbox re-drives a step that
-    failed (each is safe to repeat: the ledger's release is guarded on the record)."""
+    it holds of the Kling account (slots, its unit estimate settled), a final job with a `notify_url` goes on
+    the delivery queue (NOTIFY_QUEUE_URL), and every final job is announced on the event bus; the table's outbox
+    re-drives a step that failed (each is safe to repeat: the ledger's release is guarded on the record, a
+    notification queued twice is delivered once per attempt)."""
     dynamodb = boto3.client("dynamodb")
     ledger = DynamoAccountLedger(env.jobs_table, dynamodb)
     publisher = JobEventPublisher(env.event_bus_name, env.images_bucket, client=boto3.client("events"))
+    notify_queue = SqsNotifyQueue(boto3.client("sqs"), env.notify_queue_url) if env.notify_queue_url else None
 
     def finish(record: JobRecord) -> None:
         ledger.release(record)
+        # Before the event: a failed publish re-drives both, and a second notification message is harmless
+        # (deduplicated by its attempt), a second event is not.
+        if notify_queue is not None:
+            enqueue_final(notify_queue, record)
         publisher(record)
 
     # Kling frees a task's slots when it ends, not when its images are stored: so does the ledger.

@@ -10,6 +10,7 @@ from botocore.config import Config
 
 from kling_pipeline.adapters.dynamodb import DynamoSubmitLeases
 from kling_pipeline.adapters.ledger import DynamoAccountLedger
+from kling_pipeline.adapters.notify_delivery import GuardedNotifyUrls, notify_guard
 from kling_pipeline.adapters.s3 import S3ImageUrls
 from kling_pipeline.adapters.sqs import SqsVisibility
 from kling_pipeline.contract.callback_tokens import callback_url
@@ -52,6 +53,7 @@ class SubmitRuntime:
             lambda job_id: callback_url(env.webhook_base_url, job_id, webhook_secret(env)),
             retry_policy(env),
             governor=self.governor,
+            notify_urls=GuardedNotifyUrls(notify_guard(env.notify_host_allowlist)),
             log_context=logger.thread_safe_append_keys,
         )
         self._visibility = SqsVisibility(boto3.client("sqs"))

@@ -35,7 +35,15 @@ from kling_pipeline.kling.errors import (
     KlingRetryableError,
 )
 from kling_pipeline.kling.task import KlingTask
-from kling_pipeline.ports import ImageUnavailableError, ImageUrls, JobRecords, KlingTasks, Source, SubmitLeases
+from kling_pipeline.ports import (
+    ImageUnavailableError,
+    ImageUrls,
+    JobRecords,
+    KlingTasks,
+    NotifyUrlCheck,
+    Source,
+    SubmitLeases,
+)
 from kling_pipeline.submit.retry_policy import RetryPolicy
 
 # Kling's answer to a second create with the same external_task_id (1201, "invalid parameter"): look it up.
@@ -105,11 +113,13 @@ class Submission:
         policy: RetryPolicy,
         *,
         governor: Governor | None = None,
+        notify_urls: NotifyUrlCheck | None = None,
         log_context: Callable[..., None] = lambda **_: None,
         clock: Callable[[], int] = now_millis,
     ) -> None:
         """`callback_url(job_id)` gives the job's tokenised callback URL; `log_context(**keys)` tags later logs;
-        `governor` (None: not governed) reserves the account's slots and units before each create."""
+        `governor` (None: not governed) reserves the account's slots and units before each create;
+        `notify_urls` decides where a job's `notify_url` may point (None: anywhere the job model allows)."""
         self._records = records
         self._leases = leases
         self._kling = kling
@@ -117,6 +127,7 @@ class Submission:
         self._callback_url = callback_url
         self._policy = policy
         self._governor = governor if governor is not None and governor.governs else None
+        self._notify_urls = notify_urls
         self._log_context = log_context
         self._clock = clock
 
@@ -125,6 +136,11 @@ class Submission:
             job = parse_job(queued.body, default_job_id=queued.message_id)
         except InvalidJobError as problem:
             return self._reject(queued, problem)
+        # Part of validating the job: a notify_url the pipeline would refuse to call fails it before Kling
+        # is (the producer learns now, not after paying for images it would never hear about).
+        refusal = self._notify_refusal(job)
+        if refusal is not None:
+            return self._reject(queued, InvalidJobError([refusal]))
         self._log_context(job_id=job.job_id)
         lease = Lease.new(queued.lease_seconds, clock=self._clock)
         pending = JobRecord(
@@ -138,6 +154,11 @@ class Submission:
         if self._records.create(pending):
             return self._submit_leased(job, queued, lease, may_exist_at_kling=False)
         return self._resume(job, queued, lease)
+
+    def _notify_refusal(self, job: Job) -> str | None:
+        if job.notify_url is None or self._notify_urls is None:
+            return None
+        return self._notify_urls.refusal(job.notify_url)
 
     def _resume(self, job: Job, queued: QueuedJob, lease: Lease) -> Outcome:
         """The job was recorded by an earlier delivery: finished, being worked on, or abandoned mid-way."""
