@@ -57,11 +57,18 @@ def test_the_triggers_come_from_the_deployed_stack(stack: DeployedStack) -> None
     (mapping,) = deployed.queue_mappings(stack, boto3.client("lambda"))
     assert (mapping.function, mapping.batch_size, mapping.batching_window) == ("SubmitFunction", 10, 5.0)
     assert mapping.report_batch_item_failures and mapping.maximum_concurrency == 5
-    (upload,) = deployed.bucket_notifications(stack)
+    batch, upload = sorted(
+        deployed.bucket_notifications(stack), key=lambda notification: notification.filter_rules["prefix"]
+    )
     assert (upload.function, upload.bucket, upload.filter_rules) == (
         "IngestFunction",
         stack.outputs["InputBucketName"],
         {"prefix": "uploads/"},
+    )
+    assert (batch.function, batch.bucket, batch.filter_rules) == (
+        "IngestFunction",
+        stack.outputs["InputBucketName"],
+        {"prefix": "batches/"},
     )
     assert deployed.http_routes(stack) == {CALLBACK_ROUTE: "WebhookFunction"}
     (schedule,) = deployed.schedules(stack, boto3.client("events"))

@@ -15,6 +15,7 @@ COPY_ERROR = "copy_error"
 COPY_ATTEMPTS = "copy_attempts"
 RECONCILED_AT = "reconciled_at"
 EVENT_PENDING = "event_pending"
+COUNTED_IN_BATCH = "counted_in_batch"
 LEASE_OWNER = "submit_lease_owner"
 LEASE_UNTIL = "submit_lease_until"  # Unix milliseconds
 RETRY_AT = "submit_retry_at"  # Unix milliseconds
@@ -81,6 +82,11 @@ class JobRecord(BaseModel):
     queued_body: str | None = None  # a deferred job's message body, sent again when its budget opens
     # Once final: true until the job's `Job Succeeded`/`Job Failed` event is published (the outbox).
     event_pending: bool | None = None
+    # A line of a batch (contract/batch.py): which batch, which line of its manifest (1-based), and, once final,
+    # whether the batch's counts include it (set in the same transaction as the count: counted exactly once).
+    batch_id: str | None = None
+    batch_line: int | None = None
+    counted_in_batch: bool | None = None
 
     @property
     def copies_tried(self) -> int:
