@@ -17,6 +17,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from devstack.cli.batch_commands import batch_group
 from devstack.cli.gallery import write_gallery
 from devstack.cli.jobs import Jobs, object_metadata, upload_metadata_fits
 from devstack.cli.progress import watch
@@ -285,6 +286,7 @@ def usage(app: Cli, days: int) -> None:
 
 
 cli.add_command(stack_group)
+cli.add_command(batch_group)
 
 
 def main() -> None:

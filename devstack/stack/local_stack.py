@@ -213,6 +213,7 @@ class LocalStack:
             self._front.routes[route] = self._load(specs[function])
         for mapping in deployed.queue_mappings(stack, lambda_client):
             self._poll_queue(self._load(specs[mapping.function]), sqs, mapping)
+        deployed.disable_emulator_mappings(lambda_client)
         notifications = None
         functions = deployed.functions(stack, lambda_client)
         # One queue per function and bucket, announcing each of its prefixes (uploads/, batches/): moto keeps one
@@ -293,7 +294,7 @@ class LocalStack:
             input_bucket=outputs["InputBucketName"],
             images_bucket=outputs["ImagesBucketName"],
             region=REGION,
-            event_bus=os.environ.get("EVENT_BUS_NAME", "default"),
+            event_bus=self.overrides.get("EventBusName", os.environ.get("EVENT_BUS_NAME", "default")),
             started_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         )
         state.write(self.config.state_path)

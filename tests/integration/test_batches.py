@@ -224,9 +224,9 @@ def test_an_intake_killed_mid_file_is_finished_by_its_retry_with_no_line_lost_or
     dying = BatchIntake(queue=_DiesAfter(queue, 5), **parts)  # type: ignore[arg-type]
     with pytest.raises(_Killed):
         dying.ingest(upload, time_left_ms=lambda: 60_000)
-    batch_id = upload.derived_id("batch-")
-    killed = world.batches.get(batch_id)
-    assert killed is not None and killed.status is BatchStatus.INGESTING
+    (killed,) = world.batches.recent()
+    batch_id = killed.batch_id
+    assert killed.status is BatchStatus.INGESTING
     assert 0 < killed.checkpoint.line < 95
 
     # Lambda retries the event once the dead invocation's time is up (its lease with it).

@@ -330,6 +330,8 @@ class BatchLineJob:
 
 
 class Manifests(Protocol):
+    def head(self, ref: ObjectRef) -> StoredObject | None: ...
+
     def stream(self, ref: ObjectRef, *, offset: int) -> Iterator[bytes] | None:
         """The object version's bytes from `offset` on, in chunks (never the whole object at once); None when the
         version is gone."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from aws_lambda_powertools import Logger
@@ -115,10 +115,21 @@ class BatchIntake:
 
     def ingest(self, upload: UploadedObject, *, time_left_ms: Callable[[], int]) -> BatchIntakeResult:
         """Read (or go on reading) one manifest; IntakeContinuesError when time ran out first."""
-        batch_id = upload.derived_id(BATCH_ID_PREFIX)
         fmt = batch_format(upload.key)
         if fmt is None:
-            return BatchIntakeResult(upload.uri, batch_id, "ignored", reason="a batch manifest ends .jsonl or .csv")
+            return BatchIntakeResult(upload.uri, "", "ignored", reason="a batch manifest ends .jsonl or .csv")
+        stored = self._manifests.head(upload.ref)
+        if stored is None:
+            return BatchIntakeResult(upload.uri, "", "gone", reason="the manifest was deleted or replaced")
+        if not upload.version_id and stored.version_id not in (None, "null"):
+            # Some notifications (and emulators) leave the version out: the batch is named after the version
+            # read, as the uploader who wrote it can name it too.
+            upload = replace(upload, version_id=stored.version_id)
+        if upload.version_id in (None, "null"):
+            # An unversioned bucket: the content names the batch (the same bytes again are the same batch),
+            # not the event's sequencer, which the uploader cannot know.
+            upload = replace(upload, etag=stored.etag or upload.etag, sequencer=None)
+        batch_id = upload.derived_id(BATCH_ID_PREFIX)
         name = upload.key.rsplit("/", 1)[-1].rsplit(".", 1)[0]
         start = Checkpoint(line=-1 if fmt is BatchFormat.CSV else 0)  # a CSV's header is line 0
         batch = self._batches.start(
