@@ -9,7 +9,7 @@ import sys
 
 from bench import Table
 
-BENCHMARKS = ["webhook_copy_memory", "reconcile_open_jobs", "submit_batch", "cold_start"]
+BENCHMARKS = ["webhook_copy_memory", "reconcile_open_jobs", "submit_batch", "cold_start", "batch_intake"]
 
 
 def main(argv: list[str]) -> int:

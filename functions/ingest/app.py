@@ -17,7 +17,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from kling_pipeline.contract.batch import BATCHES_PREFIX
-from kling_pipeline.ingest.batch_intake import BatchIntakeResult
+from kling_pipeline.ingest.batch_intake import BatchIntakeResult, IntakeContinuesError
 from kling_pipeline.ingest.events import Delivery, UploadedObject, parse_upload_event
 from kling_pipeline.ingest.ingestor import IngestResult
 from kling_pipeline.ingest.rules import UploadStatus
@@ -61,6 +61,11 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
             continue
         try:
             results.extend(_ingest(runtime(), delivery, context))
+        except IntakeContinuesError as continues:
+            # Not a failure: a manifest longer than one invocation; the retry goes on from its checkpoint.
+            logger.info("batch intake continues in the retried invocation", extra={"reason": str(continues)})
+            metrics.add_metric(name="BatchIntakeContinued", unit=MetricUnit.Count, value=1)
+            failed.append(delivery)
         except Exception:
             logger.exception("upload could not be handled", extra={"message_id": delivery.message_id})
             metrics.add_metric(name="UploadFailures", unit=MetricUnit.Count, value=1)
