@@ -72,7 +72,7 @@ def batch_status(app: CliContext, batch_id: str, wait: bool, timeout: float, as_
     if as_json:
         click.echo(json.dumps(batch.model_dump(mode="json", exclude_none=True), indent=2))
         return
-    app.console.print(_summary(batch, batches.target.images_bucket))
+    app.console.print(summary(batch, batches.target.images_bucket))
 
 
 @batch_group.command(name="list")
@@ -143,7 +143,17 @@ def retry_batch(app: CliContext, batch_id: str, wait: bool, timeout: float) -> N
 
 
 def _follow(app: CliContext, batches: Batches, batch_id: str, timeout: float) -> None:
-    """A progress bar of the batch's final jobs until it completes; exit 2 when `timeout` passes first."""
+    """Follow the batch until it completes; exit 2 when `timeout` passes first."""
+    batch = watch_batch(batches, batch_id, app.console, timeout=timeout)
+    if batch is None or batch.status is not BatchStatus.COMPLETED:
+        app.console.print(f"[yellow]batch {batch_id} not completed after {timeout:.0f}s[/]")
+        sys.exit(EXIT_TIMEOUT)
+    app.console.print(summary(batch, batches.target.images_bucket))
+
+
+def watch_batch(batches: Batches, batch_id: str, console: Console, *, timeout: float) -> BatchRecord | None:
+    """A live progress bar of the batch's final jobs until it completes or `timeout` passes (plain lines when the
+    output is not a terminal); the batch as last read."""
     columns = (
         TextColumn("{task.fields[batch]}"),
         BarColumn(bar_width=30),
@@ -151,7 +161,7 @@ def _follow(app: CliContext, batches: Batches, batch_id: str, timeout: float) ->
         TextColumn("{task.fields[counts]}"),
         TimeElapsedColumn(),
     )
-    with Progress(*columns, console=app.console, refresh_per_second=8) as progress:
+    with Progress(*columns, console=console, refresh_per_second=8) as progress:
         task = progress.add_task("", total=None, batch=batch_id, counts="[dim]waiting for the manifest to be read")
 
         def on_change(batch: BatchRecord | None) -> None:
@@ -160,17 +170,13 @@ def _follow(app: CliContext, batches: Batches, batch_id: str, timeout: float) ->
             counts = batch.counts_by_status()
             text = f"[green]{counts['succeeded']} succeeded[/] [red]{counts['failed']} failed[/] {batch.status.value}"
             progress.update(task, total=batch.total, completed=batch.final, counts=text)
-            if not app.console.is_terminal:
-                app.console.print(f"{batch_id}: {batch.final} of {batch.total or '?'} final ({batch.status.value})")
+            if not console.is_terminal:
+                console.print(f"{batch_id}: {batch.final} of {batch.total or '?'} final ({batch.status.value})")
 
-        batch = batches.wait(batch_id, timeout=timeout, on_change=on_change)
-    if batch is None or batch.status is not BatchStatus.COMPLETED:
-        app.console.print(f"[yellow]batch {batch_id} not completed after {timeout:.0f}s[/]")
-        sys.exit(EXIT_TIMEOUT)
-    app.console.print(_summary(batch, batches.target.images_bucket))
+        return batches.wait(batch_id, timeout=timeout, on_change=on_change)
 
 
-def _summary(batch: BatchRecord, images_bucket: str) -> str:
+def summary(batch: BatchRecord, images_bucket: str) -> str:
     counts = batch.counts_by_status()
     lines = batch.total if batch.total is not None else batch.checkpoint.jobs
     text = (
