@@ -143,6 +143,9 @@ class BatchIntake:
             )
         )
         if batch.status is not BatchStatus.INGESTING:
+            if batch.status is not BatchStatus.COMPLETED:
+                # A retried notification after the intake ended: its completion may have died with it.
+                self._on_intake_done(batch_id)
             return BatchIntakeResult(upload.uri, batch_id, "already", lines=batch.total or 0)
         owner = uuid.uuid4().hex
         now = self._clock()
