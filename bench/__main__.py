@@ -9,7 +9,14 @@ import sys
 
 from bench import Table
 
-BENCHMARKS = ["webhook_copy_memory", "reconcile_open_jobs", "submit_batch", "cold_start", "governor_drills"]
+BENCHMARKS = [
+    "webhook_copy_memory",
+    "reconcile_open_jobs",
+    "submit_batch",
+    "cold_start",
+    "governor_drills",
+    "batch_intake",
+]
 
 
 def main(argv: list[str]) -> int:

@@ -18,6 +18,7 @@ from typing import Any, Unpack
 
 from kling_pipeline.adapters.dynamodb import RECORD_ATTRIBUTES, from_dynamo, to_dynamo
 from kling_pipeline.adapters.sqs import SQS_BATCH
+from kling_pipeline.contract.batch import BatchRecord, BatchStatus, Checkpoint, ResultLine
 from kling_pipeline.contract.clock import iso_timestamp, now_millis, utc_now_iso
 from kling_pipeline.contract.errors import ErrorCode, JobError
 from kling_pipeline.contract.job import S3Location
@@ -38,6 +39,7 @@ from kling_pipeline.kling.errors import NOT_FOUND_CODE, KlingPermanentError
 from kling_pipeline.kling.task import KlingTask
 from kling_pipeline.ports import (
     Ask,
+    BatchLineJob,
     BudgetState,
     CopyResult,
     DeadLetter,
@@ -709,3 +711,146 @@ class RefusingNotifyUrls:
     def refusal(self, url: str) -> str | None:
         self.checked.append(url)
         return self.refused.get(url)
+
+
+# -- batches -----------------------------------------------------------------------------------------------------
+
+
+class MemoryManifests(MemoryBucket):
+    """The Manifests port on MemoryBucket's objects, streamed in chunks of `chunk` bytes."""
+
+    def __init__(self, chunk: int = 7) -> None:
+        super().__init__()
+        self.chunk = chunk
+
+    def stream(self, ref: ObjectRef, *, offset: int) -> Iterator[bytes] | None:
+        found = self.objects.get(ref.key)
+        if found is None:
+            return None
+        data = found[0][offset:]
+        return (data[i : i + self.chunk] for i in range(0, len(data), self.chunk))
+
+
+class MemoryBatchQueue:
+    """The BatchQueue port: every call's lines, in order, as (batch id, line, job)."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[tuple[str, int, dict[str, Any]]]] = []
+
+    def enqueue_lines(self, batch_id: str, lines: Sequence[BatchLineJob]) -> None:
+        assert 0 < len(lines) <= SQS_BATCH
+        self.calls.append([(batch_id, line.line, dict(line.job)) for line in lines])
+
+    @property
+    def lines(self) -> list[int]:
+        return [line for call in self.calls for _, line, _ in call]
+
+
+class MemoryBatchRecords:
+    """The BatchRecords port, with DynamoBatchRecords' conditions; `records` is the jobs table it counts from."""
+
+    def __init__(self, records: MemoryRecords) -> None:
+        self.items: dict[str, BatchRecord] = {}
+        self._records = records
+        self._lock = threading.Lock()
+
+    def start(self, batch: BatchRecord) -> BatchRecord:
+        with self._lock:
+            return self.items.setdefault(batch.batch_id, batch).model_copy(deep=True)
+
+    def get(self, batch_id: str) -> BatchRecord | None:
+        with self._lock:
+            batch = self.items.get(batch_id)
+            return batch.model_copy(deep=True) if batch is not None else None
+
+    def _change(self, batch_id: str, allowed: Callable[[BatchRecord], bool], **fields: Any) -> BatchRecord | None:
+        with self._lock:
+            batch = self.items.get(batch_id)
+            if batch is None or not allowed(batch):
+                return None
+            self.items[batch_id] = batch.model_copy(update=fields)
+            return self.items[batch_id].model_copy(deep=True)
+
+    def take_intake(self, batch_id: str, owner: str, *, until_ms: int, now_ms: int) -> BatchRecord | None:
+        def free(batch: BatchRecord) -> bool:
+            lapsed = batch.intake_until is None or batch.intake_until < now_ms
+            return batch.status is BatchStatus.INGESTING and lapsed
+
+        return self._change(batch_id, free, intake_owner=owner, intake_until=until_ms)
+
+    def checkpoint(self, batch_id: str, owner: str, checkpoint: Checkpoint) -> bool:
+        return self._change(batch_id, lambda b: b.intake_owner == owner, checkpoint=checkpoint) is not None
+
+    def release_intake(self, batch_id: str, owner: str) -> None:
+        self._change(batch_id, lambda b: b.intake_owner == owner, intake_owner=None, intake_until=None)
+
+    def finish_intake(self, batch_id: str, owner: str, checkpoint: Checkpoint) -> BatchRecord | None:
+        return self._change(
+            batch_id,
+            lambda b: b.intake_owner == owner,
+            checkpoint=checkpoint,
+            total=checkpoint.jobs,
+            status=BatchStatus.RUNNING,
+            intake_owner=None,
+            intake_until=None,
+        )
+
+    def count_final(self, record: JobRecord) -> bool:
+        with self._lock, self._records._lock:
+            stored = self._records.items.get(record.job_id)
+            batch = self.items.get(record.batch_id or "")
+            if stored is None or batch is None or stored.counted_in_batch or stored.status is not record.status:
+                return False
+            if not stored.status.is_final or stored.batch_id != record.batch_id:
+                return False
+            self._records.items[record.job_id] = stored.model_copy(update={"counted_in_batch": True})
+            counts = {**batch.counts, stored.status.value: batch.counts.get(stored.status.value, 0) + 1}
+            self.items[batch.batch_id] = batch.model_copy(update={"final": batch.final + 1, "counts": counts})
+            return True
+
+    def claim_completion(self, batch_id: str, *, now_ms: int, until_ms: int) -> BatchRecord | None:
+        def claimable(batch: BatchRecord) -> bool:
+            lapsed = batch.status is BatchStatus.COMPLETING and (batch.completing_until or 0) < now_ms
+            return batch.total == batch.final and (batch.status is BatchStatus.RUNNING or lapsed)
+
+        return self._change(batch_id, claimable, status=BatchStatus.COMPLETING, completing_until=until_ms)
+
+    def complete(self, batch_id: str, results_key: str) -> BatchRecord | None:
+        return self._change(
+            batch_id,
+            lambda b: b.status is BatchStatus.COMPLETING,
+            status=BatchStatus.COMPLETED,
+            results_key=results_key,
+            completing_until=None,
+        )
+
+    def lines(self, batch_id: str) -> Iterator[JobRecord]:
+        with self._records._lock:
+            jobs = [record for record in self._records.items.values() if record.batch_id == batch_id]
+        yield from sorted(jobs, key=lambda record: record.batch_line or 0)
+
+
+class MemoryBatchResults:
+    """The BatchResults port: each file written, by key, and how often each was written."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, list[ResultLine]] = {}
+        self.writes: list[str] = []
+
+    def write(self, key: str, lines: Iterable[ResultLine]) -> None:
+        self.writes.append(key)
+        self.files[key] = list(lines)
+
+
+class MemoryBatchEvents:
+    """The BatchEvents port: every batch announced, in order (`fail_next`: the next publish raises)."""
+
+    def __init__(self) -> None:
+        self.completed: list[BatchRecord] = []
+        self.fail_next = False
+
+    def batch_completed(self, batch: BatchRecord) -> None:
+        if self.fail_next:
+            self.fail_next = False
+            raise RuntimeError("EventBridge refused the event")
+        self.completed.append(batch)

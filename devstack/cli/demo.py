@@ -1,10 +1,12 @@
-"""`make demo`: start the local stack, run a text-to-image job through SQS and an image-to-image job through
-an upload, save the images and a gallery under ./out/, print a summary and stop the stack. The text job has a
+"""`make demo`: start the local stack, run a text-to-image job through SQS, an image-to-image job through an
+upload and a small batch (a JSON Lines manifest with one bad line, followed by its progress bar), save the
+images, the batch's results and a gallery under ./out/, print a summary and stop the stack. The text job has a
 `notify_url` on a local receiver, which verifies its signed notification with `standardwebhooks`."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import secrets
 import shutil
@@ -16,6 +18,9 @@ from PIL import Image, ImageDraw
 from rich.console import Console
 from rich.table import Table
 
+from devstack.cli.batch_commands import summary as batch_summary
+from devstack.cli.batch_commands import watch_batch
+from devstack.cli.batches import Batches
 from devstack.cli.gallery import write_gallery
 from devstack.cli.jobs import Jobs, object_metadata
 from devstack.cli.progress import watch
@@ -25,9 +30,17 @@ from devstack.stack.control import spawn_stack, stop_process, wait_ready
 from devstack.stack.iam_proof import denials, report_path
 from devstack.stack.state import pid_alive
 from devstack.stack.target import Target, local_target
+from kling_pipeline.contract.batch import BatchStatus
 from kling_pipeline.contract.record import JobRecord
 from kling_pipeline.contract.status import JobStatus
 
+# Three product shots and one line the pipeline refuses (n=10), to show a per-line error in the results.
+BATCH_LINES = (
+    {"prompt": "a ceramic teapot on white, studio light", "aspect_ratio": "1:1"},
+    {"prompt": "the same teapot, lid open, steam rising", "aspect_ratio": "1:1"},
+    {"prompt": "too many images of a teapot", "n": 10},
+    {"prompt": "the teapot beside two cups, top view", "aspect_ratio": "1:1"},
+)
 TEXT_PROMPT = "a lighthouse on a basalt cliff at dusk, warm windows, long exposure sea, cinematic"
 UPLOAD_PROMPT = "the same hills in watercolour, soft morning light"
 
@@ -121,6 +134,7 @@ def run_demo(out: Path, timeout: float, console: Console) -> bool:
             for job_id, record in records.items()
             if record is not None and record.images
         }
+        batch_done = run_batch(Batches(jobs.target), out, tag, timeout, console)
         gallery = write_gallery(
             out / "gallery.html",
             jobs.recent(limit=None),
@@ -146,6 +160,7 @@ def run_demo(out: Path, timeout: float, console: Console) -> bool:
         not denied
         and notified is not None
         and notified.verified
+        and batch_done
         and all(record is not None and record.status is JobStatus.SUCCEEDED for record in records.values())
     )
 
@@ -166,6 +181,24 @@ def notification_of(receiver: NotificationReceiver, console: Console) -> Deliver
         return None
     console.print(f"notification: {summary(delivery)}", soft_wrap=True)
     return delivery
+
+
+def run_batch(batches: Batches, out: Path, tag: str, timeout: float, console: Console) -> bool:
+    """A four-line batch through `batches/`, its progress bar, then its results file and images under out/batch/."""
+    manifest = out / "inputs" / f"teapots-{tag}.jsonl"
+    manifest.write_text("".join(json.dumps(line) + "\n" for line in BATCH_LINES))
+    submitted = batches.submit(manifest)
+    console.print(
+        f"batch: uploaded s3://{batches.target.input_bucket}/{submitted.key} as [bold]{submitted.batch_id}[/]"
+    )
+    batch = watch_batch(batches, submitted.batch_id, console, timeout=timeout)
+    if batch is None or batch.status is not BatchStatus.COMPLETED:
+        console.print(f"[red]batch {submitted.batch_id} did not complete within {timeout:.0f}s[/]")
+        return False
+    path, images = batches.fetch_results(batch, out / "batch")
+    console.print(batch_summary(batch, batches.target.images_bucket))
+    console.print(f"batch results: {path} and {images} image(s) in folders by line")
+    return batch.counts_by_status() == {"succeeded": len(BATCH_LINES) - 1, "failed": 1, "open": 0}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,6 +17,8 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from devstack.cli.batch_commands import batch_group
+from devstack.cli.batches import Batches
 from devstack.cli.gallery import write_gallery
 from devstack.cli.jobs import Jobs, object_metadata, upload_metadata_fits
 from devstack.cli.progress import watch
@@ -280,12 +282,18 @@ def fetch(app: Cli, job_id: str, directory: Path) -> None:
 @cli.command()
 @click.option("-o", "--output", "path", type=click.Path(dir_okay=False, path_type=Path), default=Path("gallery.html"))
 @click.option("--limit", type=int, default=50, show_default=True)
+@click.option("--batch", "batch_id", default=None, help="Only the jobs of this batch, in line order.")
 @pass_cli
-def gallery(app: Cli, path: Path, limit: int) -> None:
-    """Write an HTML page of recent jobs with their images as thumbnails (self-contained)."""
+def gallery(app: Cli, path: Path, limit: int, batch_id: str | None) -> None:
+    """Write an HTML page of recent jobs (or one batch's) with their images as thumbnails (self-contained)."""
     jobs = app.jobs
-    records = jobs.recent(limit)
-    write_gallery(path, records, lambda bucket, key: jobs.image(key, bucket), subtitle=jobs.target.description)
+    subtitle = jobs.target.description
+    if batch_id is None:
+        records = jobs.recent(limit)
+    else:
+        records = list(Batches(jobs.target).jobs(batch_id))
+        subtitle = f"batch {batch_id} on {subtitle}"
+    write_gallery(path, records, lambda bucket, key: jobs.image(key, bucket), subtitle=subtitle)
     app.console.print(f"wrote {path} ({len(records)} job(s))")
 
 
@@ -316,6 +324,7 @@ def usage(app: Cli, days: int) -> None:
 
 
 cli.add_command(stack_group)
+cli.add_command(batch_group)
 
 
 def main() -> None:

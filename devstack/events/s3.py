@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC
 from typing import Any
 from urllib.parse import quote_plus
@@ -85,12 +85,13 @@ def notify_queue(
     bucket: str,
     queue_url: str,
     *,
-    prefix: str = "uploads/",
+    prefix: str | Sequence[str] = "uploads/",
     s3: Any | None = None,
     sqs: Any | None = None,
     configuration_id: str = DEFAULT_CONFIGURATION_ID,
 ) -> str:
-    """Make S3 announce `ObjectCreated:*` under `prefix` on the queue; returns the queue's ARN.
+    """Make S3 announce `ObjectCreated:*` under `prefix` (or each of several prefixes: S3 takes one prefix per
+    configuration) on the queue; returns the queue's ARN.
 
     S3 answers the configuration with an `s3:TestEvent` message on the queue, as AWS does.
     """
@@ -98,16 +99,18 @@ def notify_queue(
     queue_arn = str(
         sqs_client.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
     )
+    prefixes = [prefix] if isinstance(prefix, str) else list(prefix)
     (s3 or boto3.client("s3")).put_bucket_notification_configuration(
         Bucket=bucket,
         NotificationConfiguration={
             "QueueConfigurations": [
                 {
-                    "Id": configuration_id,
+                    "Id": configuration_id if i == 0 else f"{configuration_id}-{i}",
                     "QueueArn": queue_arn,
                     "Events": ["s3:ObjectCreated:*"],
-                    "Filter": {"Key": {"FilterRules": [{"Name": "prefix", "Value": prefix}]}},
+                    "Filter": {"Key": {"FilterRules": [{"Name": "prefix", "Value": value}]}},
                 }
+                for i, value in enumerate(prefixes)
             ]
         },
     )

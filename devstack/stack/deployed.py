@@ -100,6 +100,15 @@ def _emulated_variables(stack: DeployedStack, properties: Mapping[str, Any]) -> 
     }
 
 
+def disable_emulator_mappings(lambda_client: Any) -> None:
+    """Turn off moto's own SQS event source mappings: on every message sent, moto would receive a batch for the
+    function (bumping receive counts towards the DLQ, racing the runner's receives) and fail to invoke it
+    through Docker. The runner's pollers are the mappings here (`queue_mappings` still reads them)."""
+    for mapping in lambda_client.list_event_source_mappings()["EventSourceMappings"]:
+        if ":sqs:" in mapping["EventSourceArn"]:
+            lambda_client.update_event_source_mapping(UUID=mapping["UUID"], Enabled=False)
+
+
 def queue_mappings(stack: DeployedStack, lambda_client: Any) -> list[QueueMapping]:
     """The SQS event source mappings, as Lambda lists them."""
     by_arn = {

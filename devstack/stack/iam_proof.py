@@ -38,6 +38,19 @@ _S3_ACTIONS = {
     "ListObjectVersions": "ListBucketVersions",
     "GetObjectVersion": "GetObjectVersion",
 }
+# SQS authorises a batch call as its single-message action.
+_SQS_ACTIONS = {
+    "SendMessageBatch": "SendMessage",
+    "DeleteMessageBatch": "DeleteMessage",
+    "ChangeMessageVisibilityBatch": "ChangeMessageVisibility",
+}
+# DynamoDB authorises a transaction by the action of each of its writes.
+_TRANSACT_ACTIONS = {
+    "Put": "PutItem",
+    "Update": "UpdateItem",
+    "Delete": "DeleteItem",
+    "ConditionCheck": "ConditionCheckItem",
+}
 # X-Ray's and STS's caller identity take no resource; Lambda's runtime makes these, not the code.
 _UNSCOPED = frozenset({"xray", "sts"})
 
@@ -62,10 +75,16 @@ class CallRecorder:
         service = model.service_model.signing_name
         if service in _UNSCOPED:
             return
-        operation = _S3_ACTIONS.get(model.name, model.name) if service == "s3" else model.name
-        call = Call(function, f"{service}:{operation}", self.resource(service, model.name, params))
+        operations = [model.name]
+        if service == "s3":
+            operations = [_S3_ACTIONS.get(model.name, model.name)]
+        elif service == "sqs":
+            operations = [_SQS_ACTIONS.get(model.name, model.name)]
+        elif service == "dynamodb" and model.name == "TransactWriteItems":
+            operations = sorted({_TRANSACT_ACTIONS[kind] for item in params["TransactItems"] for kind in item})
+        resource = self.resource(service, model.name, params)
         with self._lock:
-            self.calls.add(call)
+            self.calls.update(Call(function, f"{service}:{operation}", resource) for operation in operations)
 
     def resource(self, service: str, operation: str, params: Mapping[str, Any]) -> str:
         region = self.region

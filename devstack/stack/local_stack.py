@@ -220,13 +220,17 @@ class LocalStack:
             self._front.routes[route] = self._load(specs[function])
         for mapping in deployed.queue_mappings(stack, lambda_client):
             self._poll_queue(self._load(specs[mapping.function]), sqs, mapping)
+        deployed.disable_emulator_mappings(lambda_client)
         notifications = None
         functions = deployed.functions(stack, lambda_client)
+        # One queue per function and bucket, announcing each of its prefixes (uploads/, batches/): moto keeps one
+        # notification configuration per bucket, and each function is polled once.
+        grouped: dict[tuple[str, str], list[deployed.BucketNotification]] = {}
         for notification in deployed.bucket_notifications(stack):
-            dead_letters = functions[notification.function].dead_letter_queue
-            notifications = self._poll_uploads(
-                self._load(specs[notification.function]), sqs, notification, dead_letters
-            )
+            grouped.setdefault((notification.function, notification.bucket), []).append(notification)
+        for (function, _), group in grouped.items():
+            dead_letters = functions[function].dead_letter_queue
+            notifications = self._poll_uploads(self._load(specs[function]), sqs, group, dead_letters)
         for rule in deployed.schedules(stack, boto3.client("events")):
             self._schedule(self._load(specs[rule.function]), rule)
         return notifications
@@ -247,23 +251,27 @@ class LocalStack:
         self._pollers.append(poller.start())
 
     def _poll_uploads(
-        self, function: LambdaFunction, sqs: Any, notification: deployed.BucketNotification, dead_letters: str | None
+        self,
+        function: LambdaFunction,
+        sqs: Any,
+        notifications: list[deployed.BucketNotification],
+        dead_letters: str | None,
     ) -> NotificationQueue:
         """A function on a bucket's notifications: moto sends them only to a queue, so that is polled; what the
         function fails on after the retries goes to its DeadLetterConfig queue, as Lambda's async invoke does."""
-        notifications = configure_upload_notifications(
+        queue = configure_upload_notifications(
             boto3.client("s3"),
             sqs,
-            bucket=notification.bucket,
+            bucket=notifications[0].bucket,
             queue_name=f"{self.config.prefix}-{function.name}-notifications",
             dlq_name=dead_letters,
-            prefix=notification.filter_rules.get("prefix", ""),
+            prefix=[notification.filter_rules.get("prefix", "") for notification in notifications],
         )
         poller = QueuePoller(
-            f"{function.name}-uploads", sqs, notifications.queue_url, notification_dispatch(function), batch_size=10
+            f"{function.name}-uploads", sqs, queue.queue_url, notification_dispatch(function), batch_size=10
         )
         self._pollers.append(poller.start())
-        return notifications
+        return queue
 
     def _schedule(self, function: LambdaFunction, rule: deployed.ScheduleRule) -> None:
         """A function on its schedule's rate (or --reconcile-interval)."""
@@ -293,7 +301,7 @@ class LocalStack:
             input_bucket=outputs["InputBucketName"],
             images_bucket=outputs["ImagesBucketName"],
             region=REGION,
-            event_bus=os.environ.get("EVENT_BUS_NAME", "default"),
+            event_bus=self.overrides.get("EventBusName", os.environ.get("EVENT_BUS_NAME", "default")),
             started_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         )
         state.write(self.config.state_path)

@@ -1,4 +1,5 @@
-"""Ingest: an upload under `uploads/` in the input bucket becomes an image-to-image job on the jobs queue.
+"""Ingest: an upload under `uploads/` in the input bucket becomes an image-to-image job on the jobs queue, and a
+manifest under `batches/` a batch of jobs (read from its checkpoint; out of time, it raises to be retried).
 
 Accepts S3 `ObjectCreated` events delivered directly (S3 -> Lambda) and S3 notifications delivered through SQS
 (S3 -> SQS [-> SNS] -> Lambda, answered with `batchItemFailures`). Each upload is handled on its own; a failure
@@ -15,8 +16,10 @@ from aws_lambda_powertools import Logger
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from kling_pipeline.ingest.events import Delivery, parse_upload_event
-from kling_pipeline.ingest.ingestor import Ingestor, IngestResult
+from kling_pipeline.contract.batch import BATCHES_PREFIX
+from kling_pipeline.ingest.batch_intake import BatchIntakeResult, IntakeContinuesError
+from kling_pipeline.ingest.events import Delivery, UploadedObject, parse_upload_event
+from kling_pipeline.ingest.ingestor import IngestResult
 from kling_pipeline.ingest.rules import UploadStatus
 from kling_pipeline.runtime.ingest import IngestRuntime
 from kling_pipeline.runtime.telemetry import function_metrics
@@ -30,6 +33,9 @@ METRIC_NAMES = {
     UploadStatus.AWAITING_MANIFEST: "UploadsAwaitingManifest",
     UploadStatus.IGNORED: "UploadsIgnored",
 }
+
+
+Result = IngestResult | BatchIntakeResult
 
 
 class IngestFailedError(RuntimeError):
@@ -46,8 +52,7 @@ def runtime() -> IngestRuntime:
 @metrics.log_metrics(raise_on_empty_metrics=False)
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     parsed = parse_upload_event(event)
-    ingestor = runtime().ingestor
-    results: list[IngestResult] = []
+    results: list[Result] = []
     failed: list[Delivery] = []
     for delivery in parsed.deliveries:
         if delivery.skipped:
@@ -55,7 +60,12 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
             metrics.add_metric(name="NotificationsSkipped", unit=MetricUnit.Count, value=1)
             continue
         try:
-            results.extend(_ingest(ingestor, delivery))
+            results.extend(_ingest(runtime(), delivery, context))
+        except IntakeContinuesError as continues:
+            # Not a failure: a manifest longer than one invocation; the retry goes on from its checkpoint.
+            logger.info("batch intake continues in the retried invocation", extra={"reason": str(continues)})
+            metrics.add_metric(name="BatchIntakeContinued", unit=MetricUnit.Count, value=1)
+            failed.append(delivery)
         except Exception:
             logger.exception("upload could not be handled", extra={"message_id": delivery.message_id})
             metrics.add_metric(name="UploadFailures", unit=MetricUnit.Count, value=1)
@@ -67,11 +77,24 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
     return {"uploads": [result.as_dict() for result in results]}
 
 
-def _ingest(ingestor: Ingestor, delivery: Delivery) -> list[IngestResult]:
-    results = []
+def _is_batch(service: IngestRuntime, upload: UploadedObject) -> bool:
+    return upload.is_object_created and upload.bucket == service.input_bucket and upload.key.startswith(BATCHES_PREFIX)
+
+
+def _ingest(
+    service: IngestRuntime, delivery: Delivery, context: LambdaContext
+) -> list[IngestResult | BatchIntakeResult]:
+    results: list[IngestResult | BatchIntakeResult] = []
     for upload in delivery.uploads:
         logger.append_keys(upload=upload.uri)
-        result = ingestor.ingest(upload)
+        if _is_batch(service, upload):
+            batch = service.batch_intake.ingest(upload, time_left_ms=context.get_remaining_time_in_millis)
+            metrics.add_metric(name="BatchLinesFailed", unit=MetricUnit.Count, value=batch.failed_lines)
+            logger.info(f"batch {batch.status}", extra=batch.as_dict())
+            results.append(batch)
+            logger.remove_keys(["upload"])
+            continue
+        result = service.ingestor.ingest(upload)
         logger.append_keys(job_id=result.job_id)
         metrics.add_metric(name=METRIC_NAMES[result.status], unit=MetricUnit.Count, value=1)
         extra: dict[str, Any] = {"reason": result.reason}

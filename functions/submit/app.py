@@ -53,6 +53,8 @@ def runtime() -> SubmitRuntime:
 def queued_job(record: SQSRecord, lease_seconds: float) -> QueuedJob:
     source, waits = record.message_attributes["source"], record.message_attributes["waits"]
     waited = waits.string_value if waits is not None else None
+    batch, line = record.message_attributes["batch_id"], record.message_attributes["batch_line"]
+    batch_line = line.string_value if line is not None else None
     return QueuedJob(
         message_id=record.message_id,
         body=record.body,
@@ -60,6 +62,8 @@ def queued_job(record: SQSRecord, lease_seconds: float) -> QueuedJob:
         source="s3" if source is not None and source.string_value == "s3" else "sqs",
         lease_seconds=lease_seconds,
         waits=int(waited) if waited is not None and waited.isdigit() else 0,
+        batch_id=batch.string_value if batch is not None else None,
+        batch_line=int(batch_line) if batch_line is not None and batch_line.isdigit() else None,
     )
 
 

@@ -1,4 +1,5 @@
-"""`make demo`'s program: both jobs succeed, images and gallery land in the output folder, nothing keeps running."""
+"""`make demo`'s program: both jobs and the batch succeed, images, results and gallery land in the output folder,
+nothing keeps running."""
 
 from __future__ import annotations
 
@@ -45,15 +46,18 @@ def test_the_demo_runs_both_jobs_and_leaves_nothing_running(tmp_path: Path) -> N
     assert demo.returncode == 0, demo.stdout + demo.stderr
     assert elapsed < 60, f"the demo took {elapsed:.1f}s"
     assert "demo summary" in demo.stdout and "succeeded" in demo.stdout
+    assert "3 succeeded, 1 failed, 0 open" in demo.stdout
 
     images = sorted(path for path in out.rglob("*") if path.suffix in (".png", ".jpg") and "inputs" not in path.parts)
-    assert len(images) == 6  # text-to-image n=4, image-to-image n=2
+    assert len(images) == 9  # text-to-image n=4, image-to-image n=2, the batch's three good lines
+    assert sorted(path.name for path in (out / "batch").glob("line-*")) == ["line-00001", "line-00002", "line-00004"]
+    assert len((out / "batch" / "results.jsonl").read_text().splitlines()) == 4
     for path in images:
         with Image.open(path) as picture:
             assert picture.format in ("PNG", "JPEG")
             picture.verify()
     gallery = (out / "gallery.html").read_text()
-    assert gallery.count("<img ") == 7  # six results and the uploaded input
+    assert gallery.count("<img ") == 10  # nine results and the uploaded input
 
     # The IAM proof saw every call, the webhook's image writes on its copy threads included.
     report = json.loads((tmp_path / ".devstack" / "demo" / "iam-report.json").read_text())

@@ -62,11 +62,18 @@ def test_the_triggers_come_from_the_deployed_stack(stack: DeployedStack) -> None
     notify = mappings["NotifyFunction"]
     assert notify.queue_arn.endswith("NotifyQueue") or "notifyqueue" in notify.queue_arn.lower()
     assert (notify.batch_size, notify.report_batch_item_failures) == (5, True)
-    (upload,) = deployed.bucket_notifications(stack)
+    batch, upload = sorted(
+        deployed.bucket_notifications(stack), key=lambda notification: notification.filter_rules["prefix"]
+    )
     assert (upload.function, upload.bucket, upload.filter_rules) == (
         "IngestFunction",
         stack.outputs["InputBucketName"],
         {"prefix": "uploads/"},
+    )
+    assert (batch.function, batch.bucket, batch.filter_rules) == (
+        "IngestFunction",
+        stack.outputs["InputBucketName"],
+        {"prefix": "batches/"},
     )
     assert deployed.http_routes(stack) == {CALLBACK_ROUTE: "WebhookFunction"}
     (schedule,) = deployed.schedules(stack, boto3.client("events"))

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from kling_pipeline.adapters.batches import BATCH_LINES_INDEX
 from kling_pipeline.adapters.dynamodb import OPEN_JOBS_INDEX
 from tests.template.cfn import REPO, resources_of_type, walk
 
@@ -36,6 +37,8 @@ NOTIFY_KEY = "${NotifySecret}"
 INPUT_BUCKET = "arn:${AWS::Partition}:s3:::kling-input-${AWS::AccountId}-${AWS::Region}-${StackSuffix}"
 INPUT_OBJECTS = INPUT_BUCKET + "/*"
 IMAGES_OBJECTS = "arn:${AWS::Partition}:s3:::${ImagesBucket}/*"
+RESULTS_OBJECTS = "arn:${AWS::Partition}:s3:::${ImagesBucket}/results/*"
+BATCH_LINES = f"${{JobsTable.Arn}}/index/{BATCH_LINES_INDEX}"
 # X-Ray's write actions have no resource-level permissions: `*` is the only resource they accept.
 XRAY_ACTIONS = ("xray:PutTraceSegments", "xray:PutTelemetryRecords")
 
@@ -62,7 +65,10 @@ def lambda_runtime(log_group: str) -> tuple[tuple[str, ...], ...]:
 #   AbortMultipartUpload is its own action; s3:ListBucket makes a missing object answer 404, not 403;
 # - SQS (adapters/sqs.py): SendMessage, ChangeMessageVisibility, ReceiveMessage, DeleteMessageBatch (authorised
 #   as sqs:DeleteMessage); the SQS event source polls with the function's role (Receive, Delete, GetQueueAttributes);
-#   the ingest function's asynchronous dead-letter queue is sent to with its role.
+#   the ingest function's asynchronous dead-letter queue is sent to with its role;
+# - batches (adapters/batches.py): every function that can make a batch's last job final reads the batch's jobs
+#   (Query on the batch-lines index) and writes its results file (s3:PutObject under results/); a count is a
+#   TransactWriteItems of two updates (authorised as dynamodb:UpdateItem); SendMessageBatch is sqs:SendMessage.
 EXPECTED: dict[str, Grants] = {
     "SubmitFunction": grants(
         (TABLE, "dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem"),
@@ -76,6 +82,8 @@ EXPECTED: dict[str, Grants] = {
         (JOBS_QUEUE, "sqs:ChangeMessageVisibility"),
         (JOBS_QUEUE, "sqs:SendMessage"),  # a job waiting for Kling's slots goes back as a delayed message
         (NOTIFY_QUEUE, "sqs:SendMessage"),  # a job it makes final with a notify_url
+        (BATCH_LINES, "dynamodb:Query"),
+        (RESULTS_OBJECTS, "s3:PutObject", "s3:AbortMultipartUpload"),
         *lambda_runtime("SubmitLogGroup"),
     ),
     "WebhookFunction": grants(
@@ -85,10 +93,11 @@ EXPECTED: dict[str, Grants] = {
         (WEBHOOK_KEY, "secretsmanager:GetSecretValue"),
         (IMAGES_OBJECTS, "s3:PutObject", "s3:AbortMultipartUpload"),
         (NOTIFY_QUEUE, "sqs:SendMessage"),
+        (BATCH_LINES, "dynamodb:Query"),
         *lambda_runtime("WebhookLogGroup"),
     ),
     "IngestFunction": grants(
-        (TABLE, "dynamodb:PutItem", "dynamodb:UpdateItem"),
+        (TABLE, "dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem"),
         (BUS, "events:PutEvents"),
         (
             INPUT_OBJECTS,
@@ -102,6 +111,8 @@ EXPECTED: dict[str, Grants] = {
         (INPUT_BUCKET, "s3:ListBucket"),
         (JOBS_QUEUE, "sqs:SendMessage"),
         (INGEST_DLQ, "sqs:SendMessage"),
+        (BATCH_LINES, "dynamodb:Query"),
+        (RESULTS_OBJECTS, "s3:PutObject", "s3:AbortMultipartUpload"),
         *lambda_runtime("IngestLogGroup"),
     ),
     "ReconcileFunction": grants(
@@ -113,6 +124,7 @@ EXPECTED: dict[str, Grants] = {
         (JOBS_QUEUE, "sqs:SendMessage"),  # deferred jobs, re-queued when the next day's budget opens
         (IMAGES_OBJECTS, "s3:PutObject", "s3:AbortMultipartUpload"),
         (NOTIFY_QUEUE, "sqs:SendMessage"),
+        (BATCH_LINES, "dynamodb:Query"),
         *lambda_runtime("ReconcileLogGroup"),
     ),
     # The notify function (adapters/notify_delivery.py, sqs.py): reads the job and records `notify`, presigns

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from kling_pipeline.adapters.batches import BATCH_LINES_INDEX
 from kling_pipeline.adapters.dynamodb import OPEN_JOBS_INDEX, OPEN_SHARD_ATTRIBUTE, TTL_ATTRIBUTE
 from tests.template.cfn import REPO, function_environment, function_property, resources_of_type, walk
 
@@ -172,14 +173,20 @@ def test_jobs_table_is_on_demand_recoverable_encrypted_and_expires(template: dic
 
 def test_jobs_table_has_the_sparse_open_jobs_index_the_store_queries(template: dict[str, Any]) -> None:
     table = resource(template, "JobsTable")
-    (index,) = table["GlobalSecondaryIndexes"]
+    index, batch_lines = table["GlobalSecondaryIndexes"]
     assert index["IndexName"] == OPEN_JOBS_INDEX == "open-jobs"
     assert index["KeySchema"] == [
         {"AttributeName": OPEN_SHARD_ATTRIBUTE, "KeyType": "HASH"},
         {"AttributeName": "updated_at", "KeyType": "RANGE"},
     ]
+    # A batch's jobs in line order (adapters/batches.py); sparse, like open-jobs.
+    assert batch_lines["IndexName"] == BATCH_LINES_INDEX
+    assert batch_lines["KeySchema"] == [
+        {"AttributeName": "batch_id", "KeyType": "HASH"},
+        {"AttributeName": "batch_line", "KeyType": "RANGE"},
+    ]
     types = {item["AttributeName"]: item["AttributeType"] for item in table["AttributeDefinitions"]}
-    assert types == {"job_id": "S", OPEN_SHARD_ATTRIBUTE: "S", "updated_at": "S"}
+    assert types == {"job_id": "S", OPEN_SHARD_ATTRIBUTE: "S", "updated_at": "S", "batch_id": "S", "batch_line": "N"}
 
 
 # ---------------------------------------------------------------- buckets

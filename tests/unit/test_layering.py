@@ -2,7 +2,7 @@
 
 - contract/   the shapes: pydantic, Pillow, standardwebhooks and other contract modules; no I/O libraries.
 - ports.py    contract and Kling's task/error values.
-- use cases   (submit/, ingest/, reconcile/, webhook/, governor/, notify/, progress.py): contract, ports,
+- use cases   (submit/, ingest/, reconcile/, webhook/, governor/, notify/, batches/, progress.py): contract, ports,
               Kling's values, their own folder, progress and the governor (policies they share); never boto3,
               botocore, urllib3, requests, adapters, runtime or the Kling client.
 - kling/      the Kling client: its own modules only.
@@ -25,7 +25,7 @@ FUNCTIONS = ROOT / "functions"
 STDLIB = frozenset(__import__("sys").stdlib_module_names) | {"__future__"}
 IO_LIBRARIES = ("boto3", "botocore", "urllib3", "requests", "certifi")
 CONTRACT_LIBRARIES = ("pydantic", "pydantic_core", "PIL", "standardwebhooks")
-USE_CASES = ("submit", "ingest", "reconcile", "webhook", "progress", "governor", "notify")
+USE_CASES = ("submit", "ingest", "reconcile", "webhook", "progress", "governor", "notify", "batches")
 KLING_VALUES = ("kling_pipeline.kling.task", "kling_pipeline.kling.errors")
 
 

@@ -44,11 +44,11 @@ def configure_upload_notifications(
     bucket: str,
     queue_name: str,
     dlq_name: str | None = None,
-    prefix: str = UPLOADS_PREFIX,
+    prefix: str | Sequence[str] = UPLOADS_PREFIX,
     visibility_timeout: int = 10,
     max_receive_count: int = 3,
 ) -> NotificationQueue:
-    """Make `bucket` send `s3:ObjectCreated:*` under `prefix` to a new queue (with a DLQ)."""
+    """Make `bucket` send `s3:ObjectCreated:*` under `prefix` (or each of several) to a new queue (with a DLQ)."""
     dlq_url = sqs.create_queue(QueueName=dlq_name or f"{queue_name}-dlq")["QueueUrl"]
     dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
     queue_url = sqs.create_queue(

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Literal, Protocol, TypedDict, Unpack
 
+from kling_pipeline.contract.batch import BatchRecord, Checkpoint, ResultLine
 from kling_pipeline.contract.errors import ErrorCode, JobError, RaisedJobError
 from kling_pipeline.contract.job import S3Location, job_id_in
 from kling_pipeline.contract.lease import Lease
@@ -359,3 +360,81 @@ class NotifyQueue(Protocol):
     def send(self, message: NotifyMessage, *, delay_seconds: int = 0) -> None: ...
 
     def dead_letter(self, message: NotifyMessage, error: JobError) -> None: ...
+
+
+# -- batches (contract/batch.py) -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BatchLineJob:
+    """One valid line of a batch on its way to the jobs queue: the job's fields (its job_id set)."""
+
+    line: int
+    job: Mapping[str, Any]
+    size: int  # bytes of the line, to keep a SendMessageBatch call under SQS's limit
+
+
+class Manifests(Protocol):
+    def head(self, ref: ObjectRef) -> StoredObject | None: ...
+
+    def stream(self, ref: ObjectRef, *, offset: int) -> Iterator[bytes] | None:
+        """The object version's bytes from `offset` on, in chunks (never the whole object at once); None when the
+        version is gone."""
+        ...
+
+
+class BatchQueue(Protocol):
+    def enqueue_lines(self, batch_id: str, lines: Sequence[BatchLineJob]) -> None:
+        """Queue at most 10 lines in one call; raises when any could not be queued (the caller retries them all:
+        a line's job id makes a second message for it harmless)."""
+        ...
+
+
+class BatchRecords(Protocol):
+    """The batch items of the jobs table. Every write is conditional: `None` / `False`: its condition failed."""
+
+    def start(self, batch: BatchRecord) -> BatchRecord:
+        """Record `batch` unless its id is recorded; the batch as recorded either way."""
+        ...
+
+    def get(self, batch_id: str) -> BatchRecord | None: ...
+
+    def take_intake(self, batch_id: str, owner: str, *, until_ms: int, now_ms: int) -> BatchRecord | None:
+        """Let `owner` read the manifest until `until_ms`, if the batch is still ingesting and no other owner's
+        lease is live."""
+        ...
+
+    def checkpoint(self, batch_id: str, owner: str, checkpoint: Checkpoint) -> bool:
+        """Record how far `owner` got (every line before it queued or failed)."""
+        ...
+
+    def release_intake(self, batch_id: str, owner: str) -> None: ...
+
+    def finish_intake(self, batch_id: str, owner: str, checkpoint: Checkpoint) -> BatchRecord | None:
+        """The whole manifest is read: `running`, with `total` = `checkpoint.jobs`."""
+        ...
+
+    def count_final(self, record: JobRecord) -> bool:
+        """Count a final batch job in its batch's counts, atomically with marking the job counted; False when it
+        was counted already (or is not final)."""
+        ...
+
+    def claim_completion(self, batch_id: str, *, now_ms: int, until_ms: int) -> BatchRecord | None:
+        """Become the one writer of a batch whose jobs are all final (or whose last writer's claim lapsed)."""
+        ...
+
+    def complete(self, batch_id: str, results_key: str) -> BatchRecord | None: ...
+
+    def lines(self, batch_id: str) -> Iterator[JobRecord]:
+        """The batch's job records in line order, read page by page."""
+        ...
+
+
+class BatchResults(Protocol):
+    def write(self, key: str, lines: Iterable[ResultLine]) -> None:
+        """Store the results file (JSON Lines), streamed: the lines are never all in memory."""
+        ...
+
+
+class BatchEvents(Protocol):
+    def batch_completed(self, batch: BatchRecord) -> None: ...

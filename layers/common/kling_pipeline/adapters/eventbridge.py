@@ -8,6 +8,7 @@ from typing import Any
 import boto3
 from aws_lambda_powertools import Logger
 
+from kling_pipeline.contract.batch import BATCH_COMPLETED, BatchRecord, batch_completed_detail
 from kling_pipeline.contract.record import JobRecord
 from kling_pipeline.contract.status import JobStatus
 
@@ -60,10 +61,24 @@ class JobEventPublisher:
             "EventBusName": self._bus_name,
             "Resources": [],
         }
+        self._put(entry, f"job {record.job_id}")
+
+    def batch_completed(self, batch: BatchRecord) -> None:
+        """The BatchEvents port: `Batch Completed`, once every job of the batch is final."""
+        entry = {
+            "Source": EVENT_SOURCE,
+            "DetailType": BATCH_COMPLETED,
+            "Detail": json.dumps(batch_completed_detail(batch, self._images_bucket)),
+            "EventBusName": self._bus_name,
+            "Resources": [],
+        }
+        self._put(entry, f"batch {batch.batch_id}")
+
+    def _put(self, entry: dict[str, Any], what: str) -> None:
         response = self._client.put_events(Entries=[entry])
         if response.get("FailedEntryCount"):
             failure = (response.get("Entries") or [{}])[0]
             raise EventNotPublishedError(
-                f"job {record.job_id}: {detail_type} not published "
+                f"{what}: {entry['DetailType']} not published "
                 f"({failure.get('ErrorCode', 'unknown error')}: {failure.get('ErrorMessage', '')})"
             )

@@ -3,7 +3,9 @@ tags), and presigned URLs of a job's image_s3 for Kling."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import json
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import boto3
@@ -11,6 +13,7 @@ from aws_lambda_powertools import Logger
 from botocore.exceptions import ClientError
 
 from kling_pipeline.adapters.aws_errors import error_code, http_status
+from kling_pipeline.contract.batch import ResultLine
 from kling_pipeline.contract.errors import ErrorCode, JobError
 from kling_pipeline.contract.images import ImageRuleError, check_image_size
 from kling_pipeline.contract.job import S3Location
@@ -57,6 +60,21 @@ class S3UploadBucket:
         finally:
             body.close()
 
+    def stream(self, ref: ObjectRef, *, offset: int) -> Iterator[bytes] | None:
+        """The Manifests port: the object version from byte `offset`, in chunks of MANIFEST_CHUNK_BYTES."""
+        args = _version_args(ref, guard=True)
+        if offset:
+            args["Range"] = f"bytes={offset}-"
+        try:
+            response = self.client.get_object(**args)
+        except ClientError as exc:
+            if _is_gone(exc):
+                return None
+            if error_code(exc) == "InvalidRange":  # the offset is the object's end: nothing left to read
+                return iter(())
+            raise
+        return _chunks(response["Body"])
+
     def add_tags(self, ref: ObjectRef, tags: Mapping[str, str], *, keep_existing: bool = False) -> None:
         """Merge `tags` into the object's tag set (S3 replaces whole sets); failures are logged, never raised.
 
@@ -76,6 +94,34 @@ class S3UploadBucket:
             self.client.put_object_tagging(**target, Tagging={"TagSet": tag_set})
         except ClientError as exc:
             logger.warning("could not tag upload", extra={"upload": ref.uri, "error": str(exc)})
+
+
+MANIFEST_CHUNK_BYTES = 256 * 1024
+
+
+def _chunks(body: Any) -> Iterator[bytes]:
+    try:
+        while chunk := body.read(MANIFEST_CHUNK_BYTES):
+            yield bytes(chunk)
+    finally:
+        body.close()
+
+
+class S3BatchResults:
+    """The BatchResults port: results files in the images bucket, spooled to a temporary file (Lambda's /tmp)
+    and uploaded from there, so a 100,000-line file never sits in memory."""
+
+    def __init__(self, bucket: str, *, s3: Any | None = None) -> None:
+        self._bucket = bucket
+        self._client = s3 or boto3.client("s3")
+
+    def write(self, key: str, lines: Iterable[ResultLine]) -> None:
+        with tempfile.TemporaryFile() as spool:
+            for line in lines:
+                spool.write(json.dumps(line.as_json_dict(), ensure_ascii=False, separators=(",", ":")).encode())
+                spool.write(b"\n")
+            spool.seek(0)
+            self._client.upload_fileobj(spool, self._bucket, key, ExtraArgs={"ContentType": "application/x-ndjson"})
 
 
 def _version_args(ref: ObjectRef, *, guard: bool) -> dict[str, Any]:

@@ -16,11 +16,15 @@ from botocore.exceptions import ClientError
 
 from kling_pipeline.contract.errors import JobError
 from kling_pipeline.contract.notify import NotifyMessage
-from kling_pipeline.ports import DeadLetter, Source
+from kling_pipeline.ports import BatchLineJob, DeadLetter, Source
 
 logger = Logger(child=True)
 
 SOURCE_ATTRIBUTE = "source"
+# A batch line's job carries its batch and line as attributes (the body stays the contract's job), so submit
+# records them on the job and its batch can count it.
+BATCH_ID_ATTRIBUTE, BATCH_LINE_ATTRIBUTE = "batch_id", "batch_line"
+SEND_ATTEMPTS = 3
 SQS_BATCH = 10  # ReceiveMessage / SendMessageBatch / DeleteMessageBatch maximum
 
 
@@ -39,6 +43,27 @@ class SqsJobQueue:
             MessageAttributes={SOURCE_ATTRIBUTE: {"DataType": "String", "StringValue": source}},
         )
         return str(response["MessageId"])
+
+    def enqueue_lines(self, batch_id: str, lines: Sequence[BatchLineJob]) -> None:
+        """One SendMessageBatch of at most 10 lines; the entries SQS refused are sent again, a few times."""
+        entries = {
+            str(line.line): {
+                "Id": str(line.line),
+                "MessageBody": json.dumps(line.job, ensure_ascii=False, separators=(",", ":")),
+                "MessageAttributes": {
+                    SOURCE_ATTRIBUTE: {"DataType": "String", "StringValue": "s3"},
+                    BATCH_ID_ATTRIBUTE: {"DataType": "String", "StringValue": batch_id},
+                    BATCH_LINE_ATTRIBUTE: {"DataType": "Number", "StringValue": str(line.line)},
+                },
+            }
+            for line in lines
+        }
+        for _ in range(SEND_ATTEMPTS):
+            response = self.client.send_message_batch(QueueUrl=self.queue_url, Entries=list(entries.values()))
+            entries = {failure["Id"]: entries[failure["Id"]] for failure in response.get("Failed", [])}
+            if not entries:
+                return
+        raise RuntimeError(f"batch {batch_id}: SQS refused lines {', '.join(entries)} {SEND_ATTEMPTS} times")
 
 
 def queue_url_from_arn(queue_arn: str) -> str:

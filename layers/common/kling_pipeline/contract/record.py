@@ -16,6 +16,7 @@ COPY_ATTEMPTS = "copy_attempts"
 RECONCILED_AT = "reconciled_at"
 EVENT_PENDING = "event_pending"
 NOTIFY = "notify"
+COUNTED_IN_BATCH = "counted_in_batch"
 LEASE_OWNER = "submit_lease_owner"
 LEASE_UNTIL = "submit_lease_until"  # Unix milliseconds
 RETRY_AT = "submit_retry_at"  # Unix milliseconds
@@ -109,6 +110,12 @@ class JobRecord(BaseModel):
         """The job's `notify_url`, as its validated request holds it."""
         url = (self.request or {}).get("notify_url")
         return url if isinstance(url, str) else None
+
+    # A line of a batch (contract/batch.py): which batch, which line of its manifest (1-based), and, once final,
+    # whether the batch's counts include it (set in the same transaction as the count: counted exactly once).
+    batch_id: str | None = None
+    batch_line: int | None = None
+    counted_in_batch: bool | None = None
 
     @property
     def copies_tried(self) -> int:

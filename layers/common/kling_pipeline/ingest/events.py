@@ -7,7 +7,6 @@ through SNS. Emulators send S3 records without some fields AWS sends, so only bu
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -17,9 +16,11 @@ from urllib.parse import unquote_plus
 from aws_lambda_powertools.utilities.data_classes import S3Event, SQSEvent
 from aws_lambda_powertools.utilities.data_classes.s3_event import S3EventRecord
 
+from kling_pipeline.contract.object_ids import object_version_id
 from kling_pipeline.ports import ObjectRef
 
 TEST_EVENT = "s3:TestEvent"
+UPLOAD_JOB_ID_PREFIX = "s3-"
 
 
 @dataclass(frozen=True)
@@ -48,16 +49,19 @@ class UploadedObject:
         return self.event_name.removeprefix("s3:").startswith("ObjectCreated")
 
     def derived_job_id(self) -> str:
-        """Same upload, same id: duplicate deliveries of one notification collapse into one job.
+        """Same upload, same id: duplicate deliveries of one notification collapse into one job."""
+        return self.derived_id(UPLOAD_JOB_ID_PREFIX)
 
-        The version id names one write; without versioning the ETag (the content) plus the event's sequencer
-        (one per write) do, so re-uploading the same bytes later is a new job.
-        """
-        if self.version_id and self.version_id != "null":
-            basis = f"{self.bucket}/{self.key}/{self.version_id}"
-        else:
-            basis = f"{self.bucket}/{self.key}/{self.etag or ''}/{self.sequencer or ''}"
-        return "s3-" + hashlib.sha256(basis.encode()).hexdigest()[:32]
+    def derived_id(self, prefix: str) -> str:
+        """The id of this object version (contract.object_ids), under `prefix`."""
+        return object_version_id(
+            prefix,
+            bucket=self.bucket,
+            key=self.key,
+            version_id=self.version_id,
+            etag=self.etag,
+            sequencer=self.sequencer,
+        )
 
 
 @dataclass(frozen=True)

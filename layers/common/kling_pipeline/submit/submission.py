@@ -17,6 +17,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 from aws_lambda_powertools import Logger
 
@@ -65,6 +66,14 @@ class QueuedJob:
     source: Source
     lease_seconds: float
     waits: int = 0  # how often the job already waited for Kling's slots (its message was sent again each time)
+    batch_id: str | None = None  # a batch line's job: its batch and line (message attributes), kept on its record
+    batch_line: int | None = None
+
+    @property
+    def batch_attributes(self) -> dict[str, Any]:
+        if self.batch_id is None:
+            return {}
+        return {"batch_id": self.batch_id, "batch_line": self.batch_line}
 
 
 class OutcomeKind(StrEnum):
@@ -149,6 +158,7 @@ class Submission:
             source=queued.source,
             request=job.redacted_request(),
             metadata=job.metadata,
+            **queued.batch_attributes,
             **lease.attributes(),
         )
         if self._records.create(pending):
@@ -340,7 +350,9 @@ class Submission:
         job_id = job_id_in(queued.body) or queued.message_id
         self._log_context(job_id=job_id)
         error = problem.to_job_error()
-        failed = JobRecord(job_id=job_id, status=JobStatus.FAILED, source=queued.source, error=error)
+        failed = JobRecord(
+            job_id=job_id, status=JobStatus.FAILED, source=queued.source, error=error, **queued.batch_attributes
+        )
         if self._records.create(failed):
             logger.warning("invalid job rejected: %s", problem)
         else:
