@@ -34,6 +34,7 @@ class DeployedFunction:
 @dataclass(frozen=True)
 class QueueMapping:
     function: str  # logical id
+    uuid: str  # the mapping's own id (the local stack switches moto's copy of it off)
     queue_arn: str
     batch_size: int
     batching_window: float
@@ -114,6 +115,7 @@ def queue_mappings(stack: DeployedStack, lambda_client: Any) -> list[QueueMappin
         mappings.append(
             QueueMapping(
                 function=function,
+                uuid=mapping["UUID"],
                 queue_arn=mapping["EventSourceArn"],
                 batch_size=int(mapping.get("BatchSize", 10)),
                 batching_window=float(mapping.get("MaximumBatchingWindowInSeconds", 0)),

@@ -212,6 +212,10 @@ class LocalStack:
         for route, function in deployed.http_routes(stack).items():
             self._front.routes[route] = self._load(specs[function])
         for mapping in deployed.queue_mappings(stack, lambda_client):
+            # The runner is the queue's poller. moto's own copy of the mapping, left on, receives messages on every
+            # SendMessage to run the function in Docker, fails, and so counts receives against maxReceiveCount:
+            # at a few hundred jobs, healthy jobs went to the DLQ.
+            lambda_client.update_event_source_mapping(UUID=mapping.uuid, Enabled=False)
             self._poll_queue(self._load(specs[mapping.function]), sqs, mapping)
         notifications = None
         functions = deployed.functions(stack, lambda_client)
