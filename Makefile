@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # The browser test drives Debian's Chromium (Playwright's own browser download cannot work offline).
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: install tools lint typecheck test unit bench demo clean
+.PHONY: install tools lint typecheck test unit bench chaos demo clean
 
 $(STAMP): requirements-dev.txt layers/deps/requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -59,6 +59,12 @@ unit: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench
+
+# The fault drill: 1,000 jobs through the real handlers with every fault at once; a table, and exit 0 only when
+# every must holds (tests/integration/chaos.py; the suite runs it small).
+# Quiet handlers: Powertools reads its level when the handlers are imported, before the drill starts.
+chaos: $(STAMP)
+	POWERTOOLS_LOG_LEVEL=WARNING POWERTOOLS_METRICS_DISABLED=true $(BIN)/python -m tests.integration.chaos --jobs 1000
 
 # The whole pipeline on one machine: local stack up, one job through SQS and one through an upload,
 # images and gallery.html in ./out/, a summary, stack down (no process left behind).

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import random
-from collections.abc import Mapping
-from typing import Any, Literal, NotRequired, TypedDict, cast
+from collections.abc import Callable, Mapping
+from typing import Any, Literal, NotRequired, TypedDict, TypeVar, cast
 
 
 class CodeTimes(TypedDict):
@@ -28,17 +28,28 @@ GarbledAnswer = Literal["html", "no_status"]
 GARBLED_ANSWERS: frozenset[str] = frozenset({"html", "no_status"})
 
 
-class ImageErrors(TypedDict):
-    """Spoil the next `times` image downloads (-1: always): an HTTP `status`, a `truncate`d body, or a `trickle`:
-    the headers at once, then `after_bytes` bytes (default 0), then `bytes` bytes (default 1) every
-    `interval_ms` milliseconds (default 500) until the whole body is sent, as a host starving a client does."""
+class ImageSpoil(TypedDict):
+    """How to spoil an image download: an HTTP `status`, a `truncate`d body, or a `trickle`: the headers at once,
+    then `after_bytes` bytes (default 0), then `bytes` bytes (default 1) every `interval_ms` milliseconds
+    (default 500) until the whole body is sent, as a host starving a client does."""
 
     mode: Literal["status", "truncate", "trickle"]
     status: NotRequired[int]
     bytes: NotRequired[int]
     interval_ms: NotRequired[int]
     after_bytes: NotRequired[int]
+
+
+class ImageErrors(ImageSpoil):
+    """Spoil the next `times` image downloads (-1: always)."""
+
     times: int
+
+
+class ImageErrorRate(ImageSpoil):
+    """Spoil image downloads at random, with probability `rate`."""
+
+    rate: float
 
 
 @dataclasses.dataclass
@@ -46,7 +57,8 @@ class Faults:
     """Every fault the simulator can inject; the defaults inject none."""
 
     create_errors: list[CodeTimes] = dataclasses.field(default_factory=list)
-    create_error_rate: CodeRate | None = None
+    # One rate, or several (one draw per create: their rates add up, to at most 1).
+    create_error_rate: CodeRate | list[CodeRate] | None = None
     auth_errors: list[CodeTimes] = dataclasses.field(default_factory=list)
     create_accept_then_disconnect: int = 0
     create_garbled_answers: list[GarbledAnswer] = dataclasses.field(default_factory=list)
@@ -57,15 +69,19 @@ class Faults:
     callback_duplicates: int = 0
     callback_reorder: bool = False
     image_errors: ImageErrors | None = None
+    # As create_error_rate: one or several, one draw per download (after image_errors' counted ones).
+    image_error_rate: ImageErrorRate | list[ImageErrorRate] | None = None
 
     def __post_init__(self) -> None:
         # Validate and copy, so consuming a fault never mutates the caller's dicts.
         self.create_errors = [_code_times(f"create_errors[{i}]", e) for i, e in enumerate(self.create_errors)]
         self.auth_errors = [_code_times(f"auth_errors[{i}]", e) for i, e in enumerate(self.auth_errors)]
         if self.create_error_rate is not None:
-            self.create_error_rate = _code_rate("create_error_rate", self.create_error_rate)
+            self.create_error_rate = _rates("create_error_rate", self.create_error_rate, _code_rate)
         if self.image_errors is not None:
             self.image_errors = _image_errors("image_errors", self.image_errors)
+        if self.image_error_rate is not None:
+            self.image_error_rate = _rates("image_error_rate", self.image_error_rate, _image_error_rate)
         _count("create_accept_then_disconnect", self.create_accept_then_disconnect)
         _count("other_client_slots", self.other_client_slots)
         answers = self.create_garbled_answers
@@ -100,10 +116,11 @@ class Faults:
         return _take(self.auth_errors)
 
     def take_create_error(self, rng: random.Random) -> int | None:
-        """The code the next valid create must fail with, if any: the scripted list first, then the rate."""
+        """The code the next valid create must fail with, if any: the scripted list first, then the rates."""
         code = _take(self.create_errors)
-        if code is None and self.create_error_rate is not None and rng.random() < self.create_error_rate["rate"]:
-            code = self.create_error_rate["code"]
+        if code is None:
+            drawn = _draw(self.create_error_rate, rng)
+            code = drawn["code"] if drawn is not None else None
         return code
 
     def take_garbled_answer(self) -> GarbledAnswer | None:
@@ -116,15 +133,29 @@ class Faults:
         self.create_accept_then_disconnect -= 1
         return True
 
-    def take_image_error(self) -> ImageErrors | None:
+    def take_image_error(self, rng: random.Random) -> ImageSpoil | None:
+        """How to spoil the next image download, if at all: the counted image_errors first, then the rates."""
         spec = self.image_errors
         if spec is None:
-            return None
+            return _draw(self.image_error_rate, rng)
         if spec["times"] > 0:
             spec["times"] -= 1
             if spec["times"] == 0:
                 self.image_errors = None
         return spec
+
+
+RateT = TypeVar("RateT", CodeRate, ImageErrorRate)
+
+
+def _draw(rates: RateT | list[RateT] | None, rng: random.Random) -> RateT | None:
+    """One draw against rates that add up to at most 1: the one it falls in, or None."""
+    drawn, below = rng.random(), 0.0
+    for entry in rates if isinstance(rates, list) else [rates] if rates is not None else []:
+        below += entry["rate"]
+        if drawn < below:
+            return entry
+    return None
 
 
 def _take(entries: list[CodeTimes]) -> int | None:
@@ -187,17 +218,36 @@ def _code_rate(name: str, value: object) -> CodeRate:
     return {"code": _int(f"{name}.code", entry.get("code")), "rate": _rate(f"{name}.rate", entry.get("rate"))}
 
 
-def _image_errors(name: str, value: object) -> ImageErrors:
-    entry = _object(name, value)
+def _rates(name: str, value: object, entry: Callable[[str, object], RateT]) -> list[RateT]:
+    if isinstance(value, list):
+        entries = [entry(f"{name}[{i}]", item) for i, item in enumerate(value)]
+    else:
+        entries = [entry(name, value)]
+    if sum(item["rate"] for item in entries) > 1:
+        raise ValueError(f"{name}: the rates must add up to at most 1 (got {value!r})")
+    return entries
+
+
+def _image_spoil(name: str, entry: Mapping[str, Any]) -> ImageSpoil:
     mode = entry.get("mode", "status")
     if mode not in ("status", "truncate", "trickle"):
         raise ValueError(f"{name}.mode: must be 'status', 'truncate' or 'trickle' (got {mode!r})")
     status = _int(f"{name}.status", entry.get("status", 500))
     if not 400 <= status <= 599:
         raise ValueError(f"{name}.status: must be an HTTP error status 400..599 (got {status})")
-    spec: ImageErrors = {"mode": mode, "status": status, "times": _times(f"{name}.times", entry.get("times", 1))}
+    spec: ImageSpoil = {"mode": mode, "status": status}
     if mode == "trickle":
         spec["bytes"] = _positive(f"{name}.bytes", entry.get("bytes", 1))
         spec["interval_ms"] = _positive(f"{name}.interval_ms", entry.get("interval_ms", 500))
         spec["after_bytes"] = _count(f"{name}.after_bytes", entry.get("after_bytes", 0))
     return spec
+
+
+def _image_errors(name: str, value: object) -> ImageErrors:
+    entry = _object(name, value)
+    return {**_image_spoil(name, entry), "times": _times(f"{name}.times", entry.get("times", 1))}
+
+
+def _image_error_rate(name: str, value: object) -> ImageErrorRate:
+    entry = _object(name, value)
+    return {**_image_spoil(name, entry), "rate": _rate(f"{name}.rate", entry.get("rate"))}

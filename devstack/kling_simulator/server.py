@@ -101,7 +101,7 @@ class _Handler(BaseHTTPRequestHandler):
                 and name.index < task.n
                 and (task.watermark or not name.watermark)
             )
-            fault = state.faults.take_image_error() if known else None
+            fault = state.faults.take_image_error(state.rng) if known else None
         if name is None or not known:
             return control_error(404, f"no such image: {path}")
         if fault is not None and fault["mode"] == "status":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections import Counter
 from types import TracebackType
 from typing import Any
 
@@ -90,6 +91,10 @@ class KlingSimulator:
     def creates_for(self, external_task_id: str) -> int:
         """Create calls that carried this external_task_id, refused ones included."""
         return self._state.creates_for(external_task_id)
+
+    def repeated_creates(self) -> Counter[str]:
+        """Per external_task_id, the creates refused because a task with that id existed already."""
+        return self._state.repeated_creates()
 
     def tasks(self) -> list[dict[str, Any]]:
         """Every task as Kling shows it, newest first."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import threading
+from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -35,6 +36,8 @@ class SimState:
         self.stopping = threading.Event()
         self._requests: list[RecordedRequest] = []
         self._image_requests = 0
+        # Creates refused because a task with their external_task_id exists: a client asking twice for one job.
+        self._repeated_creates: Counter[str] = Counter()
 
     def start(self) -> None:
         self.lifecycle.start()
@@ -73,6 +76,10 @@ class SimState:
         with self.lock:
             return self._image_requests
 
+    def repeated_creates(self) -> Counter[str]:
+        with self.lock:
+            return Counter(self._repeated_creates)
+
     # -- faults ---------------------------------------------------------------------------------------
 
     def set_faults(self, changes: Mapping[str, Any]) -> Faults:
@@ -95,6 +102,7 @@ class SimState:
         """
         with self.lock:
             if request.external_task_id is not None and self.store.has_external(request.external_task_id):
+                self._repeated_creates[request.external_task_id] += 1
                 raise invalid(f"external_task_id: external_task_id already exists (got {request.external_task_id!r})")
             code = self.faults.take_create_error(self.rng)
             if code is not None:
@@ -168,6 +176,7 @@ class SimState:
             self.callbacks.clear()
             self._requests.clear()
             self._image_requests = 0
+            self._repeated_creates.clear()
             self.faults = Faults()
 
     def _step_due(self, task_id: str, expected: str, target: str) -> None:

@@ -218,9 +218,11 @@ class LocalStack:
         sqs = boto3.client("sqs")
         for route, function in deployed.http_routes(stack).items():
             self._front.routes[route] = self._load(specs[function])
+        # The runner is each queue's poller: moto's own copies of the mappings, left on, would receive messages on
+        # every SendMessage to run the function in Docker, fail, and so count receives against maxReceiveCount.
+        deployed.disable_emulator_mappings(lambda_client)
         for mapping in deployed.queue_mappings(stack, lambda_client):
             self._poll_queue(self._load(specs[mapping.function]), sqs, mapping)
-        deployed.disable_emulator_mappings(lambda_client)
         notifications = None
         functions = deployed.functions(stack, lambda_client)
         # One queue per function and bucket, announcing each of its prefixes (uploads/, batches/): moto keeps one

@@ -2,7 +2,8 @@
 jobs whose messages were dead-lettered or that outlived the maximum age (logic: kling_pipeline/reconcile/).
 
 Each run is bounded by RECONCILE_MAX_JOBS_PER_RUN and by the invocation's remaining time minus
-RECONCILE_SAFETY_MARGIN_SECONDS; whatever is left over is picked up by the next run.
+RECONCILE_SAFETY_MARGIN_SECONDS; whatever is left over is picked up by the next run. The scheduled event is read
+as a dict (its rule and time, for the log): Powertools' event data classes import every event source.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from typing import Any
 
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.metrics import MetricUnit
-from aws_lambda_powertools.utilities.data_classes import EventBridgeEvent, event_source
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from kling_pipeline.reconcile.reconciler import RunReport
@@ -36,8 +36,7 @@ def runtime() -> ReconcileRuntime:
 
 @logger.inject_lambda_context(clear_state=True)
 @metrics.log_metrics(raise_on_empty_metrics=False)
-@event_source(data_class=EventBridgeEvent)
-def lambda_handler(event: EventBridgeEvent, context: LambdaContext) -> dict[str, Any]:
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     wired = runtime()
     budget = context.get_remaining_time_in_millis() / 1000 - wired.options.reconcile_safety_margin_seconds
     logger.append_keys(rule=(event.get("resources") or [None])[0], scheduled_at=event.get("time"))

@@ -12,11 +12,12 @@ import base64
 import binascii
 import functools
 import json
+import re
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from aws_lambda_powertools import Logger
-from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response, content_types
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
@@ -35,7 +36,8 @@ SAFETY_MARGIN_SECONDS = 3.0
 # Service name from POWERTOOLS_SERVICE_NAME (the template sets it), so the shared package's child loggers attach.
 logger = Logger()
 metrics = function_metrics()
-app = APIGatewayHttpResolver()
+# The callback route on the raw path, as Powertools' resolver matched it (the job id as sent, not unquoted).
+CALLBACK = re.compile("^" + re.escape(CALLBACK_PATH).replace(re.escape("{job_id}"), r"(?P<job_id>[^/]+)") + "$")
 
 
 @functools.cache
@@ -44,25 +46,36 @@ def runtime() -> WebhookRuntime:
     return WebhookRuntime.from_env()
 
 
-@app.post(CALLBACK_PATH.replace("{job_id}", "<job_id>"))  # Powertools' route syntax
-def kling_callback(job_id: str) -> Response[str]:
+@logger.inject_lambda_context(clear_state=True)
+@metrics.log_metrics(raise_on_empty_metrics=False)
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    method = ((event.get("requestContext") or {}).get("http") or {}).get("method")
+    route = CALLBACK.match(event.get("rawPath") or "")
+    if method != "POST" or route is None:  # API Gateway sends nothing else; answered as the resolver did
+        return _json(404, {"statusCode": 404, "message": "Not found"})
+    try:
+        return kling_callback(route["job_id"], event, context)
+    except Exception:
+        return _unexpected()
+
+
+def kling_callback(job_id: str, event: Mapping[str, Any], context: LambdaContext | None) -> dict[str, Any]:
     logger.append_keys(job_id=job_id)
-    event = app.current_event
     receiver = runtime().receiver
     try:
         callback = Callback(
             job_id,
-            token=event.get_query_string_value("token"),
+            token=(event.get("queryStringParameters") or {}).get("token"),
             body=_raw_body(event.get("body"), bool(event.get("isBase64Encoded"))),
-            headers=event.headers,
+            headers=event.get("headers") or {},
         )
-        result = receiver.receive(callback, deadline=_copy_deadline(app.lambda_context))
+        result = receiver.receive(callback, deadline=_copy_deadline(context))
     except CallbackRejectedError as rejection:
         return _rejected(rejection)
     return _accepted(result)
 
 
-def _unexpected(exc: Exception) -> Response[str]:
+def _unexpected() -> dict[str, Any]:
     # Logged with its traceback here; the caller gets no internals. A 500 makes Kling retry, which is right
     # for a transient failure (DynamoDB, Kling's query API) before anything was recorded.
     logger.exception("callback failed unexpectedly")
@@ -71,16 +84,7 @@ def _unexpected(exc: Exception) -> Response[str]:
     return _json(500, {"error": error.as_dict()})
 
 
-app.exception_handler(Exception)(_unexpected)
-
-
-@logger.inject_lambda_context(clear_state=True)
-@metrics.log_metrics(raise_on_empty_metrics=False)
-def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    return app.resolve(event, context)
-
-
-def _accepted(result: ProgressResult) -> Response[str]:
+def _accepted(result: ProgressResult) -> dict[str, Any]:
     metrics.add_metric(name="CallbacksAccepted", unit=MetricUnit.Count, value=1)
     if result.images_copied:
         metrics.add_metric(name="ImagesCopied", unit=MetricUnit.Count, value=result.images_copied)
@@ -95,14 +99,19 @@ def _accepted(result: ProgressResult) -> Response[str]:
     return _json(200, payload)
 
 
-def _rejected(rejection: CallbackRejectedError) -> Response[str]:
+def _rejected(rejection: CallbackRejectedError) -> dict[str, Any]:
     metrics.add_metric(name="CallbacksRejected", unit=MetricUnit.Count, value=1)
     logger.warning("callback rejected", extra={"status_code": rejection.status, "reason": rejection.reason})
     return _json(rejection.status, {"error": rejection.error.as_dict()})
 
 
-def _json(status: int, payload: dict[str, Any]) -> Response[str]:
-    return Response(status_code=status, content_type=content_types.APPLICATION_JSON, body=json.dumps(payload))
+def _json(status: int, payload: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "statusCode": status,
+        "headers": {"Content-Type": "application/json"},
+        "body": json.dumps(payload),
+        "isBase64Encoded": False,
+    }
 
 
 def _raw_body(body: str | None, is_base64: bool) -> bytes:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import random
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -19,7 +19,7 @@ from devstack.kling_simulator import KlingSimulator, SimulatorConfig
 from devstack.stack.moto_server import MotoServer
 from devstack.stack.runner.functions import FunctionSpec, LambdaFunction
 from devstack.stack.runner.scheduler import Schedule
-from devstack.stack.runner.sqs_poller import QueuePoller, lambda_dispatch
+from devstack.stack.runner.sqs_poller import Dispatch, Message, QueuePoller, lambda_dispatch
 from devstack.stack.template_stack import AwsResources, create_resources
 from functions.reconcile import app as reconcile_app
 from functions.submit import app as submit_app
@@ -42,10 +42,14 @@ class Pipeline:
     ledger: DynamoAccountLedger
 
     def send(self, *jobs: Mapping[str, Any], copies: int = 1) -> None:
+        """Each job `copies` times (a producer that retried), ten messages per SendMessageBatch."""
         sqs = boto3.client("sqs")
-        for job in jobs:
-            for _ in range(copies):
-                sqs.send_message(QueueUrl=self.aws.queue_url, MessageBody=json.dumps(job))
+        bodies = [json.dumps(job) for job in jobs for _ in range(copies)]
+        for start in range(0, len(bodies), 10):
+            entries = [{"Id": str(i), "MessageBody": body} for i, body in enumerate(bodies[start : start + 10])]
+            failed = sqs.send_message_batch(QueueUrl=self.aws.queue_url, Entries=entries).get("Failed")
+            if failed:
+                raise RuntimeError(f"SendMessageBatch failed: {failed}")
 
     def record(self, job_id: str) -> JobRecord | None:
         return self.records.get(job_id)
@@ -83,19 +87,24 @@ class Pipeline:
         batch_size: int = 10,
         submit_timeout_seconds: int = 60,
         pollers: int = 1,
+        deliver_twice: bool = False,
     ) -> Iterator[None]:
         """The triggers on, for the duration of the block: jobs flow, callbacks arrive, the schedule runs.
 
         `submit_timeout_seconds` bounds each submit invocation, and so its leases (a crash drill's wait);
-        `pollers` is how many batches of the jobs queue are in flight at once (Lambda scales its pollers so)."""
+        `pollers` is how many batches of the jobs queue are in flight at once (Lambda scales its pollers so);
+        `deliver_twice` hands every batch to submit a second time, as SQS's at-least-once delivery may."""
         sqs = boto3.client("sqs")
         submit = LambdaFunction(
             FunctionSpec("submit", submit_app.__name__, timeout_seconds=submit_timeout_seconds)
         ).load()
         reconcile = LambdaFunction(FunctionSpec("reconcile", reconcile_app.__name__, timeout_seconds=60)).load()
         arn = queue_arn(self.aws.queue_url, sqs=sqs)
+        dispatch = lambda_dispatch(submit, arn)
+        if deliver_twice:
+            dispatch = twice(dispatch)
         triggers = [
-            QueuePoller(f"drill-jobs-{i}", sqs, self.aws.queue_url, lambda_dispatch(submit, arn), batch_size=batch_size)
+            QueuePoller(f"drill-jobs-{i}", sqs, self.aws.queue_url, dispatch, batch_size=batch_size)
             for i in range(pollers)
         ]
         triggers.append(Schedule(reconcile, reconcile_every, rule_name="drill-reconcile", region="us-east-1"))
@@ -114,6 +123,16 @@ class Pipeline:
 
     def wait_until(self, condition: Callable[[], bool], timeout: float, what: str) -> None:
         wait_until(condition, timeout, what, every=0.25)
+
+
+def twice(dispatch: Dispatch) -> Dispatch:
+    """Every batch delivered twice, the same messages with the same receipt handles; a message either delivery
+    reports as failed stays on the queue."""
+
+    def deliver(messages: Sequence[Message]) -> set[str]:
+        return dispatch(messages) | dispatch(messages)
+
+    return deliver
 
 
 def clear_handler_caches() -> None:

@@ -161,6 +161,7 @@ def test_duplicate_external_task_id_is_refused_and_counted(kling_sim: KlingSimul
     assert again.status_code == 400
     assert again.json()["code"] == 1201 and "external_task_id already exists" in again.json()["message"]
     assert kling_sim.creates_for("job-dup") == 2
+    assert kling_sim.repeated_creates() == {"job-dup": 1}  # a client asking twice for one job, counted
     assert len(kling_sim.tasks()) == 1
 
 
@@ -407,6 +408,19 @@ def test_create_error_http_statuses_follow_kling(kling_sim: KlingSimulator, code
     assert (response.status_code, response.json()["code"]) == (status, code)
 
 
+def test_several_create_error_rates_at_once_share_one_draw(start_sim: Callable[..., KlingSimulator]) -> None:
+    sim = start_sim(seed=7)
+    sim.set_faults(create_error_rate=[{"code": 1303, "rate": 0.3}, {"code": 5000, "rate": 0.1}])
+    codes = [create(sim).json()["code"] for _ in range(400)]
+    assert 0.2 < codes.count(1303) / 400 < 0.4 and 0.04 < codes.count(5000) / 400 < 0.16
+    assert codes.count(0) == 400 - codes.count(1303) - codes.count(5000)
+
+
+def test_create_error_rates_adding_up_to_more_than_one_are_refused(kling_sim: KlingSimulator) -> None:
+    with pytest.raises(ValueError, match="create_error_rate: the rates must add up to at most 1"):
+        kling_sim.set_faults(create_error_rate=[{"code": 1303, "rate": 0.7}, {"code": 5000, "rate": 0.4}])
+
+
 def test_auth_errors_fault_then_success(kling_sim: KlingSimulator) -> None:
     kling_sim.set_faults(auth_errors=[{"code": 1004, "times": 1}])
     first = get(kling_sim, "missing")
@@ -529,6 +543,20 @@ def test_image_status_fault(kling_sim: KlingSimulator) -> None:
     (image,) = succeeded_images(kling_sim)
     kling_sim.set_faults(image_errors={"mode": "status", "status": 503, "times": 2})
     assert [requests.get(image["url"], timeout=5).status_code for _ in range(3)] == [503, 503, 200]
+
+
+def test_image_error_rates_spoil_downloads_at_random(start_sim: Callable[..., KlingSimulator]) -> None:
+    sim = start_sim(seed=3)
+    (image,) = succeeded_images(sim)
+    sim.set_faults(
+        image_error_rate=[
+            {"mode": "status", "status": 500, "rate": 0.2},
+            {"mode": "trickle", "bytes": 1 << 20, "interval_ms": 1, "rate": 0.2},
+        ]
+    )
+    statuses = [requests.get(image["url"], timeout=5).status_code for _ in range(200)]
+    assert 0.1 < statuses.count(500) / 200 < 0.3
+    assert sim.faults().image_error_rate is not None  # a rate is never used up
 
 
 def test_image_truncate_fault(kling_sim: KlingSimulator) -> None:

@@ -24,6 +24,10 @@ MAX_ROLE_SIGNED_SECONDS = 12 * 3600
 DEFAULT_IMAGE_HOST_ALLOWLIST = (".klingai.com",)
 DEFAULT_MAX_IMAGE_BYTES = 50 * 1024 * 1024  # MAX_IMAGE_BYTES: the cap on one result image the pipeline copies
 
+# Every model here builds its validator when first used, not when this module is imported: a function validates
+# one environment, and building the other ten models (the mixins below included) cost every cold start ~30 ms.
+DEFERRED = ConfigDict(defer_build=True)
+
 # (groups of variables, the problem when none of the groups is set in full)
 OneOf = tuple[tuple[tuple[str, ...], ...], str]
 
@@ -31,7 +35,7 @@ OneOf = tuple[tuple[tuple[str, ...], ...], str]
 class FunctionEnvironment(BaseModel):
     """What every function reads: the jobs table, and the bus its final jobs are announced on."""
 
-    model_config = ConfigDict(frozen=True, extra="ignore")
+    model_config = ConfigDict(frozen=True, extra="ignore", defer_build=True)
 
     # Groups of variables of which at least one group must be set in full, with the problem to report.
     ONE_OF: ClassVar[tuple[OneOf, ...]] = ()
@@ -61,6 +65,8 @@ class FunctionEnvironment(BaseModel):
 
 class KlingAccess(BaseModel):
     """Where Kling (or a relay) is, and how to prove who we are."""
+
+    model_config = DEFERRED
 
     ONE_OF: ClassVar[tuple[OneOf, ...]] = (
         (
@@ -95,6 +101,8 @@ class KlingAccess(BaseModel):
 class WebhookSecretSource(BaseModel):
     """The key that derives and checks per-job callback tokens, given directly or as a secret's ARN."""
 
+    model_config = DEFERRED
+
     ONE_OF: ClassVar[tuple[OneOf, ...]] = (
         ((("webhook_secret",), ("webhook_secret_arn",)), "no webhook secret: set WEBHOOK_SECRET or WEBHOOK_SECRET_ARN"),
     )
@@ -115,6 +123,8 @@ def _host_list(value: object) -> object:
 
 class ImageCopyOptions(BaseModel):
     """Where finished images go and where they may come from."""
+
+    model_config = DEFERRED
 
     images_bucket: str
     image_host_allowlist: tuple[str, ...] = DEFAULT_IMAGE_HOST_ALLOWLIST
@@ -141,6 +151,8 @@ class NotifyTargets(BaseModel):
 class SubmitOptions(BaseModel):
     """The submit function's own knobs."""
 
+    model_config = DEFERRED
+
     max_receive_count: int = Field(default=5, ge=1, le=1000)  # the jobs queue's redrive maxReceiveCount
     image_url_ttl_seconds: int = Field(default=3600, ge=60, le=MAX_ROLE_SIGNED_SECONDS)
     submit_concurrency: int = Field(default=10, ge=1, le=64)
@@ -161,6 +173,8 @@ class GovernorOptions(BaseModel):
     """The Kling account governor (docs/governor.md): the account's concurrency slots and daily unit budget,
     reserved before Kling is called. Both 0 (the default): no governor, today's behaviour."""
 
+    model_config = DEFERRED
+
     kling_concurrency_limit: int = Field(default=0, ge=0, le=100_000)  # slots; 0: no slot governor
     kling_daily_unit_budget: float = Field(default=0, ge=0)  # units per UTC day; 0: unlimited
     kling_budget_action: Literal["defer", "fail"] = "defer"
@@ -180,6 +194,8 @@ class GovernorOptions(BaseModel):
 
 class ReconcileOptions(BaseModel):
     """The reconciler's thresholds and per-run limits."""
+
+    model_config = DEFERRED
 
     reconcile_pending_grace_seconds: int = Field(default=300, ge=0, le=7 * 86400)
     reconcile_stale_seconds: int = Field(default=600, ge=0, le=7 * 86400)

@@ -3,22 +3,23 @@ notifications) and the image copier."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import boto3
 
 from kling_pipeline.adapters.batches import DynamoBatchRecords
 from kling_pipeline.adapters.dynamodb import DynamoJobRecords
 from kling_pipeline.adapters.eventbridge import JobEventPublisher
-from kling_pipeline.adapters.image_copy import ImageCopier
 from kling_pipeline.adapters.ledger import DynamoAccountLedger
 from kling_pipeline.adapters.s3 import S3BatchResults
 from kling_pipeline.adapters.sqs import SqsNotifyQueue
-from kling_pipeline.adapters.url_guard import GuardedHttp, UrlGuard
 from kling_pipeline.batches.completion import BatchCompletion
 from kling_pipeline.contract.record import JobRecord
 from kling_pipeline.contract.settings import FunctionEnvironment, ImageCopyOptions
 from kling_pipeline.notify.delivery import enqueue_final
+
+if TYPE_CHECKING:
+    from kling_pipeline.adapters.image_copy import ImageCopier
 
 
 def job_records(env: FunctionEnvironment) -> DynamoJobRecords:
@@ -63,5 +64,9 @@ def batch_completion(
 
 def image_copier(env: ImageCopyOptions, *, s3: Any | None = None) -> ImageCopier:
     """Result images streamed from allow-listed hosts into the images bucket."""
+    # Imported here: submit and ingest share this module and never copy an image.
+    from kling_pipeline.adapters.image_copy import ImageCopier
+    from kling_pipeline.adapters.url_guard import GuardedHttp, UrlGuard
+
     http = GuardedHttp(UrlGuard(env.image_host_allowlist))
     return ImageCopier(http, s3 or boto3.client("s3"), env.images_bucket, max_image_bytes=env.max_image_bytes)
