@@ -5,7 +5,33 @@ A benchmark is a module with `run() -> Table`; list it in `bench.__main__.BENCHM
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def child_output(
+    args: list[str], *, env: Mapping[str, str], timeout: float, what: str, stdin: str | None = None
+) -> str:
+    """The last line a child Python process (run from the repository's root) printed. Measurements of imports and
+    memory need a fresh process: this one has imported and allocated too much already."""
+    completed = subprocess.run(
+        [sys.executable, *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=dict(env),
+        cwd=REPO,
+        timeout=timeout,
+        check=False,
+    )
+    if completed.returncode != 0:
+        raise RuntimeError(f"{what} failed ({completed.returncode}):\n{completed.stderr[-4000:]}")
+    return completed.stdout.strip().splitlines()[-1]
 
 
 @dataclass

@@ -17,20 +17,18 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from bench import Table
+from bench import Table, child_output
 
 LINES = int(os.environ.get("BENCH_BATCH_LINES", "100000"))
 BUDGET_MB = 64.0
 BUDGET_RATIO = 1.5
 MB = 1024 * 1024
-REPO = Path(__file__).resolve().parents[1]
 KEY = "batches/bench.jsonl"
 
 
@@ -119,18 +117,8 @@ class _Drain(threading.Thread):
 
 
 def _child(mode: str, env: dict[str, str]) -> dict[str, Any]:
-    completed = subprocess.run(
-        [sys.executable, "-m", "bench.batch_intake", "--child", mode],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=REPO,
-        timeout=3600,
-        check=False,
-    )
-    if completed.returncode != 0:
-        raise RuntimeError(f"{mode} child failed ({completed.returncode}):\n{completed.stderr[-4000:]}")
-    result: dict[str, Any] = json.loads(completed.stdout.strip().splitlines()[-1])
+    line = child_output(["-m", "bench.batch_intake", "--child", mode], env=env, timeout=3600, what=f"{mode} child")
+    result: dict[str, Any] = json.loads(line)
     return result
 
 

@@ -17,16 +17,12 @@ from __future__ import annotations
 import os
 import platform
 import statistics
-import subprocess
-import sys
-from pathlib import Path
 
-from bench import Table
+from bench import Table, child_output
 
 RUNS = 9
 # Issue #18's target for every handler's import, as a multiple of `import boto3` (the stretch goal is 1.5).
 TARGET_RATIO = 2.0
-REPO = Path(__file__).resolve().parent.parent
 BOTO3 = "boto3"
 POWERTOOLS = "boto3 + aws_lambda_powertools + pydantic"
 HANDLERS = ("functions.submit.app", "functions.webhook.app", "functions.ingest.app", "functions.reconcile.app")
@@ -102,18 +98,7 @@ def run() -> Table:
 
 def _sample(modules: list[str]) -> Sample:
     env = {"PATH": os.environ.get("PATH", os.defpath), **ENVIRONMENT}
-    completed = subprocess.run(
-        [sys.executable, "-c", CHILD, *modules],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=REPO,
-        timeout=120,
-        check=False,
-    )
-    if completed.returncode != 0:
-        raise RuntimeError(f"importing {', '.join(modules)} failed ({completed.returncode}):\n{completed.stderr}")
-    return Sample(completed.stdout.strip().splitlines()[-1])
+    return Sample(child_output(["-c", CHILD, *modules], env=env, timeout=120, what=f"importing {', '.join(modules)}"))
 
 
 def _table(samples: dict[str, list[Sample]]) -> Table:

@@ -19,7 +19,6 @@ import gc
 import json
 import os
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -28,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from bench import Table
+from bench import REPO, Table, child_output
 
 IMAGES = 9
 SIDE = 1700
@@ -37,7 +36,6 @@ TIME_BUDGET = 1.3  # the streaming copy's time / the naive copy's
 MB = 1024 * 1024
 MODES = ("streaming", "naive")
 ROUNDS = 3
-REPO = Path(__file__).resolve().parent.parent
 WEBHOOK_SECRET = "bench-webhook-secret"
 API_KEY = "bench-key"
 
@@ -109,19 +107,10 @@ def _measure_in_child(
     mode: str, job_id: str, url: str, processing: dict[str, Any], succeed: dict[str, Any], env: dict[str, str]
 ) -> dict[str, Any]:
     spec = json.dumps({"mode": mode, "job_id": job_id, "url": url, "processing": processing, "succeed": succeed})
-    completed = subprocess.run(
-        [sys.executable, "-m", "bench.webhook_copy_memory", "--child"],
-        input=spec,
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=REPO,
-        timeout=600,
-        check=False,
+    line = child_output(
+        ["-m", "bench.webhook_copy_memory", "--child"], env=env, timeout=600, what=f"{mode} child", stdin=spec
     )
-    if completed.returncode != 0:
-        raise RuntimeError(f"{mode} child failed ({completed.returncode}):\n{completed.stderr[-4000:]}")
-    result: dict[str, Any] = json.loads(completed.stdout.strip().splitlines()[-1])
+    result: dict[str, Any] = json.loads(line)
     return result
 
 
