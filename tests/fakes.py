@@ -140,7 +140,7 @@ class MemoryRecords:
             return None
         changes, remove = move.get("changes") or {}, move.get("remove", ())
         kling_updated_at, expected_task_id = move.get("kling_updated_at"), move.get("expected_task_id")
-        unless_held_at = move.get("unless_held_at")
+        unless_held_at, bound_task_id = move.get("unless_held_at"), move.get("bound_task_id")
         _checked(changes)
         sets: dict[str, Any] = {**changes, "status": to.value}
         if kling_updated_at is not None:
@@ -157,6 +157,7 @@ class MemoryRecords:
                 and (kling_updated_at is None or stored_at is None or stored_at <= kling_updated_at)
                 # not a report about another task than the job's
                 and (expected_task_id is None or stored_task is None or stored_task == expected_task_id)
+                and (bound_task_id is None or stored_task == bound_task_id)
                 # not while a submit delivery holds the job
                 and (unless_held_at is None or held_until_ms(record) < unless_held_at)
             )

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import functools
+import json
 import os
 import socket
 import threading
-from collections.abc import Iterable, MutableMapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
 from typing import Any
 
 import requests
+from moto.core.utils import camelcase_to_underscores
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
 from moto.server import ThreadedMotoServer
+from moto.sqs.models import Queue
 from werkzeug.serving import make_server
 
 from devstack.events import REGION
@@ -45,6 +49,42 @@ class SerialisedDynamoDbWrites:
         with self._lock:
             # The body is produced inside the lock: moto does the write while building the response.
             return list(self._app(environ, start_response))
+
+
+class _LazyQueueAttributes(Mapping[str, Any]):
+    """moto's `Queue.attributes`, each value computed when it is read.
+
+    moto builds the whole dict, the approximate message counts included (three passes over every message, each
+    reading the clock per message), to look up one flag for every message sent: sending to a queue that holds n
+    messages costs O(n) per message, so a 100,000-line batch never finished enqueuing (issue #16). The same
+    names in the same order with the same values as moto 5.2's property; only the counts wait until asked for.
+    """
+
+    def __init__(self, queue: Queue) -> None:
+        names = [*queue.BASE_ATTRIBUTES]
+        names += queue.FIFO_ATTRIBUTES if queue.fifo_queue else []
+        names += queue.KMS_ATTRIBUTES if getattr(queue, "kms_master_key_id", None) else []
+        self._values: dict[str, Callable[[], Any]] = {
+            name: functools.partial(getattr, queue, camelcase_to_underscores(name)) for name in names
+        }
+        if queue.policy:
+            self._values["Policy"] = lambda: queue.policy
+        if queue.redrive_policy:
+            self._values["RedrivePolicy"] = lambda: json.dumps(queue.redrive_policy)
+
+    def __getitem__(self, name: str) -> Any:
+        value = self._values[name]()
+        return str(value).lower() if isinstance(value, bool) else value
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+
+MOTO_QUEUE_ATTRIBUTES = Queue.attributes  # moto's own, kept for the test that compares the two
+Queue.attributes = property(_LazyQueueAttributes)  # type: ignore[assignment,method-assign]
 
 
 class _AtomicMotoServer(ThreadedMotoServer):

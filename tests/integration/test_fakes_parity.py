@@ -53,7 +53,10 @@ def script(records: JobRecords, leases: SubmitLeases, *, now_ms: int) -> list[An
     submitted = {"kling_task_id": "t-1", "kling_status": "submitted"}
     a.append(attempt(lambda: records.advance("job-1", JobStatus.SUBMITTED, changes=submitted, remove=LEASE_ATTRIBUTES)))
     a.append(leases.take("job-1", Lease("w-5", soon)))  # no lease past pending
-    a.append(attempt(lambda: records.advance("job-1", JobStatus.PROCESSING, kling_updated_at=200)))
+    a.append(records.create(JobRecord(job_id="job-u", status=JobStatus.PENDING)))
+    a.append(attempt(lambda: records.advance("job-u", JobStatus.PROCESSING, bound_task_id="t-9")))  # not bound
+    a.append(attempt(lambda: records.advance("job-1", JobStatus.PROCESSING, bound_task_id="t-2")))  # other task
+    a.append(attempt(lambda: records.advance("job-1", JobStatus.PROCESSING, kling_updated_at=200, bound_task_id="t-1")))
     a.append(attempt(lambda: records.advance("job-1", JobStatus.PROCESSING, kling_updated_at=100)))  # not forward
     a.append(attempt(lambda: records.advance("job-1", JobStatus.COPYING, kling_updated_at=199)))  # stale
     a.append(attempt(lambda: records.advance("job-1", JobStatus.COPYING, expected_task_id="t-2")))  # other task

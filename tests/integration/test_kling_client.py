@@ -10,7 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
-import requests
+import urllib3
 
 from devstack.kling_simulator import KlingSimulator, SimulatorConfig
 from kling_pipeline.kling.auth import BearerKeyAuth, JwtAuth
@@ -403,18 +403,18 @@ def test_non_json_other_statuses_are_permanent_and_name_the_status(gateway: str,
     assert f"HTTP {status}" in str(raised.value)
 
 
-# -- the session -----------------------------------------------------------------------------------------
+# -- the pool --------------------------------------------------------------------------------------------
 
 
-def test_a_given_session_is_used_and_left_open(kling_sim: KlingSimulator) -> None:
-    session = requests.Session()
-    session.headers["X-Trace"] = "abc"
-    kling = KlingClient(kling_sim.base_url, BearerKeyAuth(API_KEY), session=session)
+def test_a_given_pool_is_used_and_left_open(kling_sim: KlingSimulator) -> None:
+    pool = urllib3.PoolManager(headers={"X-Trace": "abc"})
+    kling = KlingClient(kling_sim.base_url, BearerKeyAuth(API_KEY), pool=pool)
     kling.list_tasks()
     kling.close()
     assert kling_sim.requests()[0].headers["X-Trace"] == "abc"
-    kling.list_tasks()  # still usable: the caller owns the session
-    session.close()
+    kling.list_tasks()  # still usable: the caller owns the pool
+    assert len(kling_sim.requests()) == 2
+    pool.clear()
 
 
 def test_a_client_is_safe_to_share_between_threads(kling_sim: KlingSimulator, client: KlingClient) -> None:

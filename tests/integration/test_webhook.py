@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import boto3
+import botocore.client
 import pytest
 import requests
 from standardwebhooks import Webhook
@@ -189,6 +190,40 @@ def test_processing_after_succeed_changes_nothing(pipeline: Pipeline) -> None:
 
     assert (status, body["outcome"], body["status"]) == (200, "unchanged", "succeeded")
     assert pipeline.record("job-late") == finished
+
+
+def _aws_calls_during(monkeypatch: pytest.MonkeyPatch, call: Callable[[], Any]) -> tuple[Any, list[str]]:
+    """What `call` returns, and the AWS operations it made (any client, any thread)."""
+    calls: list[str] = []
+    make_api_call = botocore.client.BaseClient._make_api_call
+
+    def counted(client: Any, operation: str, params: Any) -> Any:
+        calls.append(f"{client.meta.service_model.service_name}:{operation}")
+        return make_api_call(client, operation, params)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(botocore.client.BaseClient, "_make_api_call", counted)
+        return call(), calls
+
+
+def test_a_progress_callback_for_the_jobs_own_task_is_one_write_and_no_read(
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The callback Kling sends most, in one conditional UpdateItem (issue #18); its duplicate, and a report for
+    a job without a task (which must not bind it), still go the checked way."""
+    warm = pipeline.create_task("job-warm", n=1)
+    invoke(pipeline.callback_event("job-warm", pipeline.sim.advance(warm.task_id, "processing")))
+    task = pipeline.create_task("job-fast", n=1)
+    view = pipeline.sim.advance(task.task_id, "processing")
+
+    (status, body), calls = _aws_calls_during(monkeypatch, lambda: invoke(pipeline.callback_event("job-fast", view)))
+    (_, again), repeat_calls = _aws_calls_during(monkeypatch, lambda: invoke(pipeline.callback_event("job-fast", view)))
+
+    assert (status, body["outcome"], body["status"]) == (200, "advanced", "processing")
+    assert calls == ["dynamodb:UpdateItem"]
+    assert pipeline.record("job-fast").status is JobStatus.PROCESSING
+    assert (again["outcome"], again["status"]) == ("unchanged", "processing")
+    assert "dynamodb:GetItem" in repeat_calls  # refused by its conditions: read, and explained
 
 
 def test_shuffled_and_duplicated_real_callbacks_end_succeeded_with_one_set_of_objects(

@@ -5,7 +5,7 @@
 - use cases   (submit/, ingest/, reconcile/, webhook/, governor/, notify/, batches/, progress.py): contract, ports,
               Kling's values, their own folder, progress and the governor (policies they share); never boto3,
               botocore, urllib3, requests, adapters, runtime or the Kling client.
-- kling/      the Kling client: its own modules only.
+- kling/      the Kling client: its own modules, urllib3 and certifi (HTTP), PyJWT.
 - adapters/   anything but use cases and runtime.
 - runtime/    anything: the one place that reads the environment and builds objects.
 - functions/  the handlers: no boto3 or adapters of their own (runtime builds them).
@@ -68,7 +68,8 @@ def allowed(layer: str, module: str) -> bool:
             *KLING_VALUES,
         )
     if layer == "kling":
-        return top in ("requests", "pydantic", "jwt") or under(module, "kling_pipeline.kling")
+        # urllib3 (and certifi's CA bundle) rather than requests: boto3 has loaded them already (issue #18).
+        return top in ("urllib3", "certifi", "pydantic", "jwt") or under(module, "kling_pipeline.kling")
     if layer == "adapters":
         return not under(module, "kling_pipeline.runtime", *(f"kling_pipeline.{name}" for name in USE_CASES))
     return True  # runtime, and the package's own __init__

@@ -9,16 +9,19 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Literal, Protocol, TypedDict, Unpack
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypedDict, Unpack
 
-from kling_pipeline.contract.batch import BatchRecord, Checkpoint, ResultLine
 from kling_pipeline.contract.errors import ErrorCode, JobError, RaisedJobError
 from kling_pipeline.contract.job import S3Location, job_id_in
 from kling_pipeline.contract.lease import Lease
-from kling_pipeline.contract.notify import NotifyMessage
 from kling_pipeline.contract.record import JobRecord, NotifyState, StoredImage
 from kling_pipeline.contract.status import JobStatus
 from kling_pipeline.kling.task import KlingTask
+
+if TYPE_CHECKING:
+    # Only in annotations: the batch and notification models are loaded by the functions that use them.
+    from kling_pipeline.contract.batch import BatchRecord, Checkpoint, ResultLine
+    from kling_pipeline.contract.notify import NotifyMessage
 
 Source = Literal["sqs", "s3"]
 
@@ -30,6 +33,9 @@ class Move(TypedDict, total=False):
     remove: Iterable[str]  # attributes to remove
     kling_updated_at: int | None  # Kling's ms timestamp: a report older than the last one applied is a no-op
     expected_task_id: str | None  # refuses a report about another task than the job's
+    # Stricter: only a job already bound to this very task (a report taken on a callback body's word, which
+    # must never bind a job to a task).
+    bound_task_id: str | None
     # Unix ms (now): refuses while a submit delivery holds the job (contract.lease.held_until_ms), so a
     # check-then-fail cannot race a delivery creating the job's task.
     unless_held_at: int | None

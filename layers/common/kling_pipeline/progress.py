@@ -110,6 +110,25 @@ class JobProgress:
         )
         return ProgressResult(Outcome.ADVANCED if record else Outcome.UNCHANGED, record or job)
 
+    def apply_progress(self, job_id: str, task: KlingTask) -> ProgressResult | None:
+        """A progress report (`submitted`, `processing`) about the job's recorded task, in one conditional write
+        and no read: the callback Kling sends most. None when the report is of another kind or the write's
+        conditions (the status order, the task id, the report's time) did not hold; the caller then reads the job
+        and applies the report with `apply`, which finds why (unknown job, another task, a duplicate)."""
+        target = KLING_STATUS_TO_JOB_STATUS.get(task.task_status)
+        if target not in (JobStatus.SUBMITTED, JobStatus.PROCESSING):
+            return None
+        # The write `apply` makes for this report once it has read the job; its conditions are what `apply`
+        # checks on the read (a final job, an unbound job, another task refuse it).
+        record = self._records.advance(
+            job_id,
+            target,
+            changes=_task_changes(task),
+            kling_updated_at=task.updated_at,
+            bound_task_id=task.task_id,
+        )
+        return ProgressResult(Outcome.ADVANCED, record) if record is not None else None
+
     def _fail(self, job: JobRecord, task: KlingTask) -> ProgressResult:
         error = JobError(
             code=ErrorCode.KLING_TASK_FAILED,

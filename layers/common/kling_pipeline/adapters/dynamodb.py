@@ -115,7 +115,11 @@ class Condition:
 
 
 def status_condition(
-    to: JobStatus, *, kling_updated_at: int | None = None, expected_task_id: str | None = None
+    to: JobStatus,
+    *,
+    kling_updated_at: int | None = None,
+    expected_task_id: str | None = None,
+    bound_task_id: str | None = None,
 ) -> Condition | None:
     """When a record may move to `to`: from a status the order allows (None: from none), not by an older Kling
     report than the last one applied, and not for another Kling task than the record's."""
@@ -130,6 +134,9 @@ def status_condition(
     if expected_task_id is not None:
         values[":task_id"] = expected_task_id
         parts.append("(attribute_not_exists(kling_task_id) OR kling_task_id = :task_id)")
+    if bound_task_id is not None:
+        values[":bound_task_id"] = bound_task_id
+        parts.append("kling_task_id = :bound_task_id")
     return Condition(" AND ".join(parts), values, {"#status": "status"})
 
 
@@ -247,7 +254,10 @@ class DynamoJobRecords:
     def advance(self, job_id: str, to: JobStatus, **move: Unpack[Move]) -> JobRecord | None:
         kling_updated_at, held_at = move.get("kling_updated_at"), move.get("unless_held_at")
         condition = status_condition(
-            to, kling_updated_at=kling_updated_at, expected_task_id=move.get("expected_task_id")
+            to,
+            kling_updated_at=kling_updated_at,
+            expected_task_id=move.get("expected_task_id"),
+            bound_task_id=move.get("bound_task_id"),
         )
         if condition is None:
             return None

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import boto3
 from aws_lambda_powertools import Logger
 
-from kling_pipeline.contract.batch import BATCH_COMPLETED, BatchRecord, batch_completed_detail
 from kling_pipeline.contract.record import JobRecord
 from kling_pipeline.contract.status import JobStatus
+
+if TYPE_CHECKING:
+    from kling_pipeline.contract.batch import BatchRecord
 
 EVENT_SOURCE = "kling-pipeline"
 DETAIL_TYPES = {JobStatus.SUCCEEDED: "Job Succeeded", JobStatus.FAILED: "Job Failed"}
@@ -65,6 +67,9 @@ class JobEventPublisher:
 
     def batch_completed(self, batch: BatchRecord) -> None:
         """The BatchEvents port: `Batch Completed`, once every job of the batch is final."""
+        # Imported here: most functions publish job events only, and the batch models cost a cold start.
+        from kling_pipeline.contract.batch import BATCH_COMPLETED, batch_completed_detail
+
         entry = {
             "Source": EVENT_SOURCE,
             "DetailType": BATCH_COMPLETED,

@@ -6,19 +6,21 @@ from __future__ import annotations
 import json
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import boto3
 from aws_lambda_powertools import Logger
 from botocore.exceptions import ClientError
 
 from kling_pipeline.adapters.aws_errors import error_code, http_status
-from kling_pipeline.contract.batch import ResultLine
 from kling_pipeline.contract.errors import ErrorCode, JobError
 from kling_pipeline.contract.images import ImageRuleError, check_image_size
 from kling_pipeline.contract.job import S3Location
 from kling_pipeline.contract.settings import MAX_PRESIGNED_SECONDS
 from kling_pipeline.ports import ImageUnavailableError, ObjectRef, StoredObject
+
+if TYPE_CHECKING:
+    from kling_pipeline.contract.batch import ResultLine
 
 logger = Logger(child=True)
 

@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import boto3
 from aws_lambda_powertools import Logger
 from botocore.exceptions import ClientError
 
 from kling_pipeline.contract.errors import JobError
-from kling_pipeline.contract.notify import NotifyMessage
 from kling_pipeline.ports import BatchLineJob, DeadLetter, Source
+
+if TYPE_CHECKING:
+    from kling_pipeline.contract.notify import NotifyMessage
 
 logger = Logger(child=True)
 

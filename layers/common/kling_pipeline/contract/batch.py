@@ -17,6 +17,10 @@ from kling_pipeline.contract.errors import JobError
 from kling_pipeline.contract.record import JobRecord
 from kling_pipeline.contract.status import JobStatus
 
+# Schemas built on first use, not at import: the ingest function imports this module for every upload, and
+# only a manifest needs the models.
+DEFERRED = ConfigDict(extra="ignore", defer_build=True)
+
 BATCHES_PREFIX = "batches/"
 RESULTS_PREFIX = "results/"
 BATCH_ID_PREFIX = "batch-"
@@ -57,7 +61,7 @@ class BatchStatus(StrEnum):
 class Checkpoint(BaseModel):
     """How far the intake got: every line before `offset` is queued or recorded failed."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = DEFERRED
 
     offset: int = 0  # bytes of the manifest read
     line: int = 0  # the last line number read (1-based; a CSV's header is line 0)
@@ -68,7 +72,7 @@ class Checkpoint(BaseModel):
 class BatchRecord(BaseModel):
     """A batch's item in the jobs table (key `#batch/<batch_id>`, under the table's `job_id` key)."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = DEFERRED
 
     batch_id: str
     name: str
@@ -115,6 +119,8 @@ def results_key(batch_id: str) -> str:
 
 class ResultLine(BaseModel):
     """One line of `results/{batch_id}.jsonl`."""
+
+    model_config = ConfigDict(defer_build=True)
 
     line: int
     job_id: str

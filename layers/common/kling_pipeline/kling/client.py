@@ -10,10 +10,22 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
-import requests
-from requests.adapters import HTTPAdapter
+import certifi
+
+# urllib3, not requests: boto3 has loaded it already (botocore's HTTP), so the Kling client adds next to nothing
+# to a cold start (requests and its charset detection and IDNA tables cost submit ~50 ms of import).
+import urllib3
+from urllib3.exceptions import (
+    ConnectTimeoutError,
+    HTTPError,
+    NewConnectionError,
+    ProtocolError,
+    ProxyError,
+    ReadTimeoutError,
+    SSLError,
+)
 
 from kling_pipeline.kling.auth import KlingAuth
 from kling_pipeline.kling.errors import (
@@ -46,16 +58,16 @@ class KlingClient:
         path_prefix: str = "/kling",
         connect_timeout: float = 3.05,
         read_timeout: float = 20.0,
-        session: requests.Session | None = None,
+        pool: urllib3.PoolManager | None = None,
     ) -> None:
         if not base_url.startswith(("http://", "https://")):
             raise ValueError(f"base_url: must start with http:// or https:// (got {base_url!r})")
         prefix = path_prefix.strip().strip("/")
         self._endpoint = base_url.rstrip("/") + (f"/{prefix}" if prefix else "") + GENERATIONS_PATH
         self._auth = auth
-        self._timeout = (connect_timeout, read_timeout)
-        self._owns_session = session is None
-        self._session = session if session is not None else _pooled_session()
+        self._timeout = urllib3.Timeout(connect=connect_timeout, read=read_timeout)
+        self._owns_pool = pool is None
+        self._pool = pool if pool is not None else _pool()
 
     @property
     def endpoint(self) -> str:
@@ -70,7 +82,7 @@ class KlingClient:
         """
         payload = json.dumps(body, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
         try:
-            return _parsed(self._call("POST", self._endpoint, data=payload.encode()))
+            return _parsed(self._call("POST", self._endpoint, payload.encode()))
         except KlingUnexpectedAnswerError as exc:
             # Kling said yes but not what it made: the task may well exist (and is billed), so this is never
             # a reason to fail the job; the caller looks it up by external_task_id.
@@ -104,13 +116,14 @@ class KlingClient:
             raise ValueError(f"page: must be at least 1 (got {page})")
         if not 1 <= page_size <= MAX_PAGE_SIZE:
             raise ValueError(f"page_size: must be between 1 and {MAX_PAGE_SIZE} (got {page_size})")
-        envelope = self._call("GET", self._endpoint, params={"pageNum": page, "pageSize": page_size})
+        query = urlencode({"pageNum": page, "pageSize": page_size})
+        envelope = self._call("GET", f"{self._endpoint}?{query}")
         return [_parsed(item) for item in _task_list(envelope)]
 
     def close(self) -> None:
-        """Release pooled connections (only those of a session this client created)."""
-        if self._owns_session:
-            self._session.close()
+        """Release pooled connections (only those of a pool this client created)."""
+        if self._owns_pool:
+            self._pool.clear()
 
     def __enter__(self) -> KlingClient:
         return self
@@ -118,58 +131,59 @@ class KlingClient:
     def __exit__(self, *_: object) -> None:
         self.close()
 
-    def _call(self, method: str, url: str, **kwargs: Any) -> Mapping[str, Any]:
+    def _call(self, method: str, url: str, body: bytes | None = None) -> Mapping[str, Any]:
         try:
-            return self._send(method, url, **kwargs)
+            return self._send(method, url, body)
         except KlingAuthExpiredError:
             self._auth.refresh()
-            return self._send(method, url, **kwargs)
+            return self._send(method, url, body)
 
-    def _send(self, method: str, url: str, **kwargs: Any) -> Mapping[str, Any]:
+    def _send(self, method: str, url: str, body: bytes | None) -> Mapping[str, Any]:
         headers = {
+            **self._pool.headers,
             "Authorization": self._auth.authorization(),
             "Accept": "application/json",
             "User-Agent": USER_AGENT,
         }
-        if "data" in kwargs:
+        if body is not None:
             headers["Content-Type"] = "application/json"
         try:
-            response = self._session.request(method, url, headers=headers, timeout=self._timeout, **kwargs)
-        except requests.ConnectTimeout as exc:
-            raise network_error(f"no connection within {self._timeout[0]} s: {exc}") from exc
-        except requests.Timeout as exc:
-            raise network_error(f"no answer within {self._timeout[1]} s: {exc}") from exc
-        except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
+            # retries=False: urllib3 must not resend anything on its own (a resent POST can create a second
+            # task), and a redirect is an answer, not a place to send the body again.
+            response = self._pool.request(
+                method, url, body=body, headers=headers, timeout=self._timeout, retries=False, redirect=False
+            )
+        except NewConnectionError as exc:  # a refused or unresolvable connection (a ConnectTimeoutError too)
             raise network_error(f"connection failed: {exc}") from exc
-        except requests.RequestException as exc:
+        except ConnectTimeoutError as exc:
+            raise network_error(f"no connection within {self._timeout.connect_timeout} s: {exc}") from exc
+        except ReadTimeoutError as exc:
+            raise network_error(f"no answer within {self._timeout.read_timeout} s: {exc}") from exc
+        except (ProtocolError, SSLError, ProxyError) as exc:
+            raise network_error(f"connection failed: {exc}") from exc
+        except HTTPError as exc:
             raise KlingPermanentError(f"request could not be sent: {exc}") from exc
 
-        envelope = _json_object(response)
+        envelope = _json_object(response.data)
         code = envelope_code(envelope)
-        if 200 <= response.status_code < 300 and code in (0, None):
+        if 200 <= response.status < 300 and code in (0, None):
             if envelope is None:
                 what = response.headers.get("Content-Type", "no content type")
                 raise KlingUnexpectedAnswerError(
-                    f"HTTP {response.status_code} answer is not a JSON object ({what})",
-                    http_status=response.status_code,
+                    f"HTTP {response.status} answer is not a JSON object ({what})", http_status=response.status
                 )
             return envelope
-        raise classify(response.status_code, envelope, retry_after_header=response.headers.get("Retry-After"))
+        raise classify(response.status, envelope, retry_after_header=response.headers.get("Retry-After"))
 
 
-def _pooled_session() -> requests.Session:
-    session = requests.Session()
-    # max_retries=0: urllib3 must not resend anything on its own (a resent POST can create a second task).
-    adapter = HTTPAdapter(pool_connections=POOL_SIZE, pool_maxsize=POOL_SIZE, max_retries=0)
-    session.mount("https://", adapter)
-    session.mount("http://", adapter)
-    return session
+def _pool() -> urllib3.PoolManager:
+    return urllib3.PoolManager(num_pools=4, maxsize=POOL_SIZE, ca_certs=certifi.where())
 
 
-def _json_object(response: requests.Response) -> Mapping[str, Any] | None:
+def _json_object(content: bytes) -> Mapping[str, Any] | None:
     """The body as a JSON object, or None. The stdlib parser keeps integers of any size exact."""
     try:
-        parsed = json.loads(response.content)
+        parsed = json.loads(content)
     except ValueError:
         return None
     return parsed if isinstance(parsed, dict) else None
@@ -178,8 +192,8 @@ def _json_object(response: requests.Response) -> Mapping[str, Any] | None:
 def _path_segment(task_id: str) -> str:
     if not task_id or not task_id.strip():
         raise ValueError("task_id: must not be empty")
-    # "." and ".." are dot segments: they would address another path, and requests un-escapes %2E, so
-    # they cannot be sent. Raised as Kling's kind of refusal so callers treat it like any unknown id.
+    # "." and ".." are dot segments: they would address another path, and HTTP clients un-escape %2E, so
+    # they cannot be sent safely. Raised as Kling's kind of refusal so callers treat it like any unknown id.
     if task_id in (".", ".."):
         raise KlingPermanentError(f"task_id: must not be '.' or '..' (got {task_id!r})")
     return quote(task_id, safe="")

@@ -3,23 +3,25 @@ notifications) and the image copier."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import functools
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import boto3
 
-from kling_pipeline.adapters.batches import DynamoBatchRecords
 from kling_pipeline.adapters.dynamodb import DynamoJobRecords
 from kling_pipeline.adapters.eventbridge import JobEventPublisher
 from kling_pipeline.adapters.ledger import DynamoAccountLedger
-from kling_pipeline.adapters.s3 import S3BatchResults
-from kling_pipeline.adapters.sqs import SqsNotifyQueue
-from kling_pipeline.batches.completion import BatchCompletion
 from kling_pipeline.contract.record import JobRecord
 from kling_pipeline.contract.settings import FunctionEnvironment, ImageCopyOptions
-from kling_pipeline.notify.delivery import enqueue_final
 
 if TYPE_CHECKING:
     from kling_pipeline.adapters.image_copy import ImageCopier
+    from kling_pipeline.adapters.sqs import SqsNotifyQueue
+    from kling_pipeline.batches.completion import BatchCompletion
+
+T = TypeVar("T")
 
 
 def job_records(env: FunctionEnvironment) -> DynamoJobRecords:
@@ -32,17 +34,22 @@ def job_records(env: FunctionEnvironment) -> DynamoJobRecords:
     dynamodb = boto3.client("dynamodb")
     ledger = DynamoAccountLedger(env.jobs_table, dynamodb)
     publisher = JobEventPublisher(env.event_bus_name, env.images_bucket, client=boto3.client("events"))
-    batches = batch_completion(env, dynamodb=dynamodb, publisher=publisher)
-    notify_queue = SqsNotifyQueue(boto3.client("sqs"), env.notify_queue_url) if env.notify_queue_url else None
+    # Built when the first job of a batch, or the first with a `notify_url`, becomes final: most jobs are in no
+    # batch and ask for no notification, and those modules are a good part of a cold start's imports.
+    batches = _Once(lambda: batch_completion(env, dynamodb=dynamodb, publisher=publisher))
+    queue_url = env.notify_queue_url
+    notify = _Once(functools.partial(_notify_queue, queue_url)) if queue_url else None
 
     def finish(record: JobRecord) -> None:
         ledger.release(record)
-        if batches is not None:
-            batches.job_final(record)
+        if record.batch_id is not None and (completion := batches()) is not None:
+            completion.job_final(record)
         # Before the event: a failed publish re-drives both, and a second notification message is harmless
         # (deduplicated by its attempt), a second event is not.
-        if notify_queue is not None:
-            enqueue_final(notify_queue, record)
+        if record.notify_url is not None and notify is not None:
+            from kling_pipeline.notify.delivery import enqueue_final
+
+            enqueue_final(notify(), record)
         publisher(record)
 
     # Kling frees a task's slots when it ends, not when its images are stored: so does the ledger.
@@ -53,6 +60,10 @@ def batch_completion(
     env: FunctionEnvironment, *, dynamodb: Any | None = None, publisher: JobEventPublisher | None = None
 ) -> BatchCompletion | None:
     """Counting batch jobs and completing batches; None without IMAGES_BUCKET (where results files go)."""
+    from kling_pipeline.adapters.batches import DynamoBatchRecords
+    from kling_pipeline.adapters.s3 import S3BatchResults
+    from kling_pipeline.batches.completion import BatchCompletion
+
     if env.images_bucket is None:
         return None
     return BatchCompletion(
@@ -60,6 +71,28 @@ def batch_completion(
         S3BatchResults(env.images_bucket, s3=boto3.client("s3")),
         publisher or JobEventPublisher(env.event_bus_name, env.images_bucket, client=boto3.client("events")),
     )
+
+
+class _Once(Generic[T]):
+    """A part built on first use, once, whichever thread asks first (the webhook's and the reconciler's pools
+    make jobs final on worker threads, and boto3's default session must not build two clients at once)."""
+
+    def __init__(self, build: Callable[[], T]) -> None:
+        self._build = build
+        self._lock = threading.Lock()
+        self._built: list[T] = []
+
+    def __call__(self) -> T:
+        with self._lock:
+            if not self._built:
+                self._built.append(self._build())
+            return self._built[0]
+
+
+def _notify_queue(queue_url: str) -> SqsNotifyQueue:
+    from kling_pipeline.adapters.sqs import SqsNotifyQueue
+
+    return SqsNotifyQueue(boto3.client("sqs"), queue_url)
 
 
 def image_copier(env: ImageCopyOptions, *, s3: Any | None = None) -> ImageCopier:
