@@ -234,6 +234,24 @@ def test_an_overlong_line_fails_and_the_next_goes_on() -> None:
     assert record is not None and record.error is not None and "longer than" in record.error.message
 
 
+def test_a_bad_line_naming_another_jobs_id_fails_under_its_own_id_and_the_batch_completes() -> None:
+    world = World()
+    other = JobRecord(job_id="job-taken", status=JobStatus.SUCCEEDED)
+    world.records.create(other)
+    data = b'{"job_id": "job-taken", "n": 10}\n{"prompt": "a fox"}\n'
+    result = world.intake.ingest(world.put("batches/taken.jsonl", data), time_left_ms=lambda: 60_000)
+    assert (result.lines, result.failed_lines, world.queue.lines) == (2, 1, [2])
+    failed = world.records.get(line_job_id(result.batch_id, 1))
+    assert failed is not None and failed.error is not None and failed.is_line(result.batch_id, 1)
+    assert failed.error.message.startswith("line 1: job_id: job-taken is already the id of another job (a job of")
+    assert "n: must be between 1 and 9" in failed.error.message
+    assert world.records.get("job-taken") == other
+    world.finish_all()
+    batch = world.batches.get(result.batch_id)
+    assert batch is not None and batch.status is BatchStatus.COMPLETED
+    assert batch.counts == {"failed": 1, "succeeded": 1}
+
+
 def test_an_object_that_is_no_manifest_or_is_gone_is_left_alone() -> None:
     world = World()
     ignored = world.intake.ingest(UploadedObject(BUCKET, "batches/notes.txt"), time_left_ms=lambda: 60_000)

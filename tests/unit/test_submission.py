@@ -208,3 +208,55 @@ def test_a_resend_of_a_failed_job_is_not_silent(
     assert outcome.error is not None and outcome.error.code == error["code"]
     assert kling.bodies == []
     assert any(advice in record.getMessage() for record in caplog.records)
+
+
+def batch_line(line: int, job_id: str = "job-1", batch_id: str = "batch-b1") -> QueuedJob:
+    body = json.dumps({"job_id": job_id, "prompt": "a fox"})
+    return QueuedJob(
+        message_id=f"m-{line}",
+        body=body,
+        attempt=1,
+        source="s3",
+        lease_seconds=60,
+        batch_id=batch_id,
+        batch_line=line,
+    )
+
+
+@pytest.mark.parametrize(
+    ("holder", "whose"),
+    [
+        (JobRecord(job_id="job-1", status=JobStatus.SUBMITTED, kling_task_id="t-0"), "a job of no batch"),
+        (JobRecord(job_id="job-1", status=JobStatus.FAILED, batch_id="batch-b0", batch_line=4), "line 4 of batch b"),
+        (JobRecord(job_id="job-1", status=JobStatus.PENDING, batch_id="batch-b1", batch_line=1), "line 1 of batch"),
+    ],
+    ids=["a-job-of-no-batch", "another-batchs-failed-line", "an-earlier-line-of-the-same-batch"],
+)
+def test_a_batch_line_naming_another_jobs_id_fails_under_its_own_id_and_leaves_that_job_alone(
+    holder: JobRecord, whose: str
+) -> None:
+    """Else the line would pass as a duplicate delivery of that job and its batch would never complete."""
+    kling = FakeKling(task())
+    sub, records, _ = submission(kling)
+    records.create(holder)
+
+    outcome = sub.submit(batch_line(2))
+    again = sub.submit(batch_line(2))  # a redelivery of the same message
+
+    assert (outcome.kind, outcome.job_id) == (OutcomeKind.REJECTED, "batch-b1-2")
+    assert again.kind is OutcomeKind.REJECTED
+    failed = records.items["batch-b1-2"]
+    assert (failed.status, failed.batch_id, failed.batch_line) == (JobStatus.FAILED, "batch-b1", 2)
+    assert failed.error is not None and failed.error.code.value == "invalid_job"
+    assert failed.error.message.startswith("line 2: job_id: job-1 is already the id of another job (")
+    assert whose in failed.error.message
+    assert records.items["job-1"] == holder
+    assert kling.bodies == []
+
+
+def test_a_batch_lines_own_job_delivered_again_is_that_job() -> None:
+    kling = FakeKling(task())
+    sub, records, _ = submission(kling)
+    assert sub.submit(batch_line(1)).kind is OutcomeKind.SUBMITTED
+    assert sub.submit(batch_line(1)).kind is OutcomeKind.DUPLICATE
+    assert len(kling.bodies) == 1 and "batch-b1-1" not in records.items

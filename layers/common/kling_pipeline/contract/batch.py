@@ -113,6 +113,16 @@ def line_job_id(batch_id: str, line: int) -> str:
     return f"{batch_id}-{line}"
 
 
+def line_id_taken(line: int, job_id: str, holder: JobRecord) -> str:
+    """Why a line cannot be the job it names: another job has that id. The line fails under its own default id
+    (`line_job_id`), so its batch still counts it, and the other job is left as it is."""
+    whose = f"line {holder.batch_line} of batch {holder.batch_id}" if holder.batch_id else "a job of no batch"
+    return (
+        f"line {line}: job_id: {job_id} is already the id of another job ({whose}); give each line a job_id "
+        "of its own, or leave job_id out"
+    )
+
+
 def results_key(batch_id: str) -> str:
     return f"{RESULTS_PREFIX}{batch_id}.jsonl"
 

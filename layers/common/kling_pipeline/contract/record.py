@@ -117,6 +117,10 @@ class JobRecord(BaseModel):
     batch_line: int | None = None
     counted_in_batch: bool | None = None
 
+    def is_line(self, batch_id: str | None, line: int | None) -> bool:
+        """Whether this is the job of that line of that batch (None, None: a job of no batch)."""
+        return (self.batch_id, self.batch_line) == (batch_id, line)
+
     @property
     def copies_tried(self) -> int:
         return self.copy_attempts or 0

@@ -28,6 +28,7 @@ from kling_pipeline.contract.batch import (
     BatchStatus,
     Checkpoint,
     batch_format,
+    line_id_taken,
     line_job_id,
 )
 from kling_pipeline.contract.clock import now_millis
@@ -250,8 +251,13 @@ class BatchIntake:
             batch_id=run.batch.batch_id,
             batch_line=line,
         )
-        # False: recorded by an earlier invocation that read this line before it was killed.
-        self._records.create(record)
+        if not self._records.create(record):
+            # Recorded by an earlier invocation that read this line before it was killed, or the line named
+            # another job's id: then the line fails under its own id, or its batch would never count it.
+            holder = self._records.get(job_id)
+            if holder is not None and not holder.is_line(run.batch.batch_id, line):
+                taken = InvalidJobError([f"{line_id_taken(line, job_id, holder)}; {message}"]).to_job_error()
+                self._records.create(record.model_copy(update={"job_id": default_id, "error": taken}))
         run.failed += 1
         logger.info("batch line failed", extra={"batch_id": run.batch.batch_id, "line": line, "reason": message})
 

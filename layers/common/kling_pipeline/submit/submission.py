@@ -21,6 +21,7 @@ from typing import Any
 
 from aws_lambda_powertools import Logger
 
+from kling_pipeline.contract.batch import line_id_taken, line_job_id
 from kling_pipeline.contract.clock import iso_timestamp, now_millis
 from kling_pipeline.contract.errors import ErrorCode, InvalidJobError, JobError
 from kling_pipeline.contract.job import Job, job_id_in, parse_job
@@ -173,6 +174,12 @@ class Submission:
     def _resume(self, job: Job, queued: QueuedJob, lease: Lease) -> Outcome:
         """The job was recorded by an earlier delivery: finished, being worked on, or abandoned mid-way."""
         existing = self._records.get(job.job_id)
+        if (
+            existing is not None
+            and queued.batch_id is not None
+            and not existing.is_line(queued.batch_id, queued.batch_line)
+        ):
+            return self._line_id_taken(job, queued, existing)
         if existing is not None and existing.status is JobStatus.FAILED:
             return self._already_failed(existing)
         if existing is not None and existing.status not in NOT_SUBMITTED:
@@ -345,6 +352,23 @@ class Submission:
             extra={"error": error.as_dict() if error else None},
         )
         return Outcome(OutcomeKind.ALREADY_FAILED, record.job_id, kling_task_id=record.kling_task_id, error=error)
+
+    def _line_id_taken(self, job: Job, queued: QueuedJob, holder: JobRecord) -> Outcome:
+        """A batch line naming another job's id: never that job's delivery (it would not be counted in the batch,
+        which would never complete), but a failed line under the line's own id."""
+        batch_id, line = queued.batch_id, queued.batch_line
+        assert batch_id is not None and line is not None  # a batch line's message carries both
+        error = InvalidJobError([line_id_taken(line, job.job_id, holder)]).to_job_error()
+        failed = JobRecord(
+            job_id=line_job_id(batch_id, line),
+            status=JobStatus.FAILED,
+            source=queued.source,
+            error=error,
+            **queued.batch_attributes,
+        )
+        self._records.create(failed)  # False: a redelivery of this message recorded it already
+        logger.warning("batch line refused: %s", error.message)
+        return Outcome(OutcomeKind.REJECTED, failed.job_id, error=error)
 
     def _reject(self, queued: QueuedJob, problem: InvalidJobError) -> Outcome:
         job_id = job_id_in(queued.body) or queued.message_id
