@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 
 import pytest
@@ -13,7 +14,10 @@ from kling_pipeline.contract.settings import GovernorOptions
 from kling_pipeline.contract.status import JobStatus
 from kling_pipeline.governor.governor import Governor, Step, next_utc_day
 from kling_pipeline.governor.prices import estimate_units
-from tests.fakes import FixedClock, MemoryLedger, MemoryRecords
+from kling_pipeline.kling.task import KlingTask
+from kling_pipeline.submit.retry_policy import RetryPolicy
+from kling_pipeline.submit.submission import CLAIM_POLL_SECONDS, OutcomeKind, QueuedJob, Submission
+from tests.fakes import FakeKling, FixedClock, MemoryLeases, MemoryLedger, MemoryRecords, NoImages
 
 MODEL = "kling-v3"
 
@@ -243,3 +247,58 @@ def test_repair_corrects_drift_once_the_ledger_is_quiet() -> None:
 def test_kling_v3_costs_eight_units_an_image(resolution: str | None, units: float) -> None:
     assert estimate_units("kling-v3", resolution, 3) == 3 * units
     assert estimate_units("kling-v99", resolution, 1) == 8  # unknown: the dearest known price
+
+
+class _Held:
+    """A Submission governed by the world's ledger whose sleeps are counted, and run `on_sleep` (another job's
+    task ending meanwhile)."""
+
+    def __init__(self, world: World, on_sleep: dict[int, str]) -> None:
+        self.sleeps = 0
+        self._world, self._on_sleep = world, on_sleep
+        policy = RetryPolicy(base_seconds=10, cap_seconds=900, max_attempts=3, random=lambda: 1.0)
+        self.kling = FakeKling(KlingTask(task_id="t-big", task_status="submitted", external_task_id="big"))
+        leases = MemoryLeases(world.records, clock=world.clock.millis)
+        self.submission = Submission(
+            world.records,
+            leases,
+            self.kling,
+            NoImages(),
+            lambda job_id: f"https://cb/{job_id}",
+            policy,
+            governor=world.governor,
+            clock=world.clock.millis,
+            sleep=self._sleep,
+        )
+
+    def _sleep(self, seconds: float) -> None:
+        self.sleeps += 1
+        self._world.clock.advance(seconds=seconds)
+        if self.sleeps in self._on_sleep:
+            self._world.finish(self._on_sleep[self.sleeps])
+
+    def submit(self, job_id: str, n: int, *, waits: int) -> OutcomeKind:
+        body = json.dumps({"job_id": job_id, "prompt": "a fox", "n": n})
+        queued = QueuedJob(message_id=f"m-{job_id}", body=body, attempt=1, source="sqs", lease_seconds=60, waits=waits)
+        return self.submission.submit(queued).kind
+
+
+def test_a_claimer_asks_again_in_place_and_takes_its_slots_as_soon_as_they_free() -> None:
+    """Its claimed slots idle until it is back: it does not go through the queue (a second at least) for them."""
+    world = World(kling_concurrency_limit=4, governor_claim_after_waits=1)
+    assert world.reserve("running", 3) is Step.GO
+    held = _Held(world, on_sleep={3: "running"})
+    assert held.submit("big", 4, waits=1) is OutcomeKind.SUBMITTED
+    assert held.sleeps == 3  # asked again every CLAIM_POLL_SECONDS, and reserved on the first ask after
+    assert world.records.items["big"].slots_held == 4 and len(held.kling.bodies) == 1
+
+
+def test_a_claimer_whose_slots_stay_taken_waits_in_the_queue_after_its_hold() -> None:
+    world = World(kling_concurrency_limit=4, governor_claim_after_waits=1, governor_claim_hold_seconds=2)
+    assert world.reserve("running", 3) is Step.GO
+    held = _Held(world, on_sleep={})
+    assert held.submit("big", 4, waits=1) is OutcomeKind.WAITING
+    assert held.sleeps == 2 / CLAIM_POLL_SECONDS and held.kling.bodies == []
+    # A job that is no claimer (one image, or too few waits) never holds: straight to the queue.
+    assert held.submit("small", 2, waits=0) is OutcomeKind.WAITING
+    assert held.sleeps == 2 / CLAIM_POLL_SECONDS

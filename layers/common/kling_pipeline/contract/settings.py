@@ -184,6 +184,9 @@ class GovernorOptions(BaseModel):
     # Fairness: after this many waits a job claims the slots it needs; others stop taking them meanwhile.
     governor_claim_after_waits: int = Field(default=3, ge=1, le=1000)
     governor_claim_seconds: float = Field(default=300.0, gt=0, le=3600)  # a claim not renewed this long lapses
+    # The claimer asks again in place (every quarter second) for this long before its message waits in the
+    # queue: the slots it claimed idle until it is back, and a trip through the queue takes a second at least.
+    governor_claim_hold_seconds: float = Field(default=5.0, ge=0, le=60)
     # A 1303 despite a reservation lowers the effective limit for this long, then it is probed back up.
     governor_cooldown_seconds: float = Field(default=60.0, ge=0, le=86400)
 

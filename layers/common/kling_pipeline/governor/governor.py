@@ -55,6 +55,8 @@ class Decision:
     delay_seconds: int | None = None
     until: datetime | None = None
     error: JobError | None = None
+    # A claimer's WAIT: how long the caller may ask again in place before the job's message waits in the queue.
+    hold_seconds: float = 0.0
 
 
 GO = Decision(Step.GO)
@@ -228,7 +230,8 @@ class Governor:
             delay = max(1, round(ceiling / 2 + self._jitter() * ceiling / 2))
         in_use = f"{state.in_use} of {state.effective}" if state is not None else "all"
         reason = f"waiting for concurrency slots: needs {ask.slots}, {in_use} in use (KLING_CONCURRENCY_LIMIT)"
-        return Decision(Step.WAIT, reason=reason, delay_seconds=delay)
+        hold = self._options.governor_claim_hold_seconds if claimer else 0.0
+        return Decision(Step.WAIT, reason=reason, delay_seconds=delay, hold_seconds=hold)
 
     def _over_budget(self, ask: Ask, budget: BudgetState | None) -> Decision:
         reserved = budget.reserved if budget is not None else 0.0

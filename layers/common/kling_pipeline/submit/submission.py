@@ -14,6 +14,7 @@ No Lambda or AWS types here: the records, leases, Kling and image URLs are ports
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -53,6 +54,10 @@ DUPLICATE_EXTERNAL_ID_CODES = frozenset({1201})
 # Kling refused to start the task at all (request rate, concurrency): nothing runs, nothing is billed.
 CONCURRENCY_LIMITED = 1303
 KLING_REFUSED_TO_START = frozenset({1302, CONCURRENCY_LIMITED})
+# A claimer asking again in place (GOVERNOR_CLAIM_HOLD_SECONDS): how often, and how much of its lease it leaves
+# for the create and the record that follow.
+CLAIM_POLL_SECONDS = 0.25
+HOLD_MARGIN_SECONDS = 15.0
 
 logger = Logger(child=True)
 
@@ -126,6 +131,7 @@ class Submission:
         notify_urls: NotifyUrlCheck | None = None,
         log_context: Callable[..., None] = lambda **_: None,
         clock: Callable[[], int] = now_millis,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         """`callback_url(job_id)` gives the job's tokenised callback URL; `log_context(**keys)` tags later logs;
         `governor` (None: not governed) reserves the account's slots and units before each create;
@@ -140,6 +146,7 @@ class Submission:
         self._notify_urls = notify_urls
         self._log_context = log_context
         self._clock = clock
+        self._sleep = sleep
 
     def submit(self, queued: QueuedJob) -> Outcome:
         try:
@@ -211,7 +218,7 @@ class Submission:
             if task is not None:
                 self._govern(job, queued, lease, adopted=True)  # it runs: the ledger must count it
                 return self._record_task(job.job_id, task, OutcomeKind.ADOPTED)
-            decision = self._govern(job, queued, lease)
+            decision = self._hold_for_claim(job, queued, lease, self._govern(job, queued, lease))
             if decision.step is Step.WAIT:
                 return self._wait(job, queued, lease, decision)
             if decision.step is Step.DEFER:
@@ -286,6 +293,19 @@ class Submission:
         if record is None:
             return GO
         return self._governor.reserve(self._governor.ask(job, lease.owner), record, waits=queued.waits, adopted=adopted)
+
+    def _hold_for_claim(self, job: Job, queued: QueuedJob, lease: Lease, decision: Decision) -> Decision:
+        """The claimer asks again here every CLAIM_POLL_SECONDS, for up to its decision's hold and within its
+        lease, before its message waits in the queue: the slots it claimed sit idle until it is back, and a trip
+        through the queue takes a second at least (SQS delays are whole seconds), more with the poller's."""
+        budget = min(decision.hold_seconds, lease.seconds_left(clock=self._clock) - HOLD_MARGIN_SECONDS)
+        polls = int(budget / CLAIM_POLL_SECONDS)
+        for _ in range(polls):
+            if decision.step is not Step.WAIT or not decision.hold_seconds:
+                break
+            self._sleep(CLAIM_POLL_SECONDS)
+            decision = self._govern(job, queued, lease)
+        return decision
 
     def _give_back_if_refused(self, job: Job, lease: Lease, later: KlingRetryableError) -> None:
         """Kling refused to start the task (rate or concurrency limit): it holds nothing, so neither does the
