@@ -31,7 +31,10 @@ NOT_BY = {
     ),
     "functions.webhook.app": ("aws_lambda_powertools.utilities.data_classes",),
     "functions.reconcile.app": ("aws_lambda_powertools.utilities.data_classes",),
-    "functions.ingest.app": ("requests", "kling_pipeline.adapters.image_copy"),
+    "functions.ingest.app": (
+        "aws_lambda_powertools.utilities.data_classes",
+        "kling_pipeline.adapters.image_copy",
+    ),
 }
 
 

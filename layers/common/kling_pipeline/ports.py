@@ -34,7 +34,7 @@ class Move(TypedDict, total=False):
     kling_updated_at: int | None  # Kling's ms timestamp: a report older than the last one applied is a no-op
     expected_task_id: str | None  # refuses a report about another task than the job's
     # Stricter: only a job already bound to this very task (a report taken on a callback body's word, which
-    # must never bind a job to a task).
+    # must never bind a job to a task). Such a job has left `pending`, so no submit hold is removed again.
     bound_task_id: str | None
     # Unix ms (now): refuses while a submit delivery holds the job (contract.lease.held_until_ms), so a
     # check-then-fail cannot race a delivery creating the job's task.

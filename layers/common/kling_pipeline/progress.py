@@ -120,10 +120,11 @@ class JobProgress:
             return None
         # The write `apply` makes for this report once it has read the job; its conditions are what `apply`
         # checks on the read (a final job, an unbound job, another task refuse it).
+        # The task id is not written again: the condition requires it to be the job's already.
         record = self._records.advance(
             job_id,
             target,
-            changes=_task_changes(task),
+            changes={"kling_status": task.task_status},
             kling_updated_at=task.updated_at,
             bound_task_id=task.task_id,
         )

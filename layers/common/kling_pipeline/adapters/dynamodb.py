@@ -266,8 +266,10 @@ class DynamoJobRecords:
         sets = {**_checked(move.get("changes") or {}), "status": to.value}
         if kling_updated_at is not None:
             sets["kling_updated_at"] = kling_updated_at
-        # Nothing moves back to `pending`, so whatever held it for a submit delivery goes with this move.
-        removals = [*_checked(dict.fromkeys(move.get("remove", ()))), *SUBMIT_HOLD_ATTRIBUTES]
+        # Nothing moves back to `pending`, so whatever held it for a submit delivery goes with this move. A job
+        # already bound to its task has left `pending` (every write that binds one moves it on): nothing to remove.
+        held = SUBMIT_HOLD_ATTRIBUTES if move.get("bound_task_id") is None else ()
+        removals = [*_checked(dict.fromkeys(move.get("remove", ()))), *held]
         if to.is_final:
             sets[TTL_ATTRIBUTE] = self._expiry()
             if self._on_final is not None:
