@@ -82,7 +82,7 @@ def test_common_layer_holds_the_shared_package_under_python(build: Build) -> Non
 
 def test_deps_layer_holds_aarch64_cpython313_binaries(build: Build) -> None:
     site = build.root / "DepsLayer" / "python"
-    for package in ("aws_lambda_powertools", "pydantic", "requests", "jwt", "standardwebhooks", "PIL"):
+    for package in ("aws_lambda_powertools", "pydantic", "urllib3", "certifi", "jwt", "standardwebhooks", "PIL"):
         assert (site / package).is_dir(), package
     # boto3 comes with the Lambda runtime; bundling it would only grow the layer.
     assert not (site / "boto3").exists() and not (site / "botocore").exists()
