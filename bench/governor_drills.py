@@ -33,7 +33,7 @@ TASK = {"processing_delay": 2.0, "succeed_delay": 8.0, "succeed_delay_jitter": 0
 WAITS = {"GOVERNOR_WAIT_BASE_SECONDS": "1", "GOVERNOR_WAIT_MAX_SECONDS": "3"}
 SHORT_TASK = {"processing_delay": 1.0, "succeed_delay": 2.0, "succeed_delay_jitter": 0.5}
 SHORT_WAITS = {"GOVERNOR_WAIT_BASE_SECONDS": "1", "GOVERNOR_WAIT_MAX_SECONDS": "1"}
-POLLERS = 3
+POLLERS = 5
 
 
 def run() -> Table:

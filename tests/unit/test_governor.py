@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import pytest
@@ -12,11 +13,11 @@ from kling_pipeline.contract.lease import Lease
 from kling_pipeline.contract.record import JobRecord
 from kling_pipeline.contract.settings import GovernorOptions
 from kling_pipeline.contract.status import JobStatus
-from kling_pipeline.governor.governor import Governor, Step, next_utc_day
+from kling_pipeline.governor.governor import HOLD_POLL_SECONDS, Governor, Step, next_utc_day
 from kling_pipeline.governor.prices import estimate_units
 from kling_pipeline.kling.task import KlingTask
 from kling_pipeline.submit.retry_policy import RetryPolicy
-from kling_pipeline.submit.submission import CLAIM_POLL_SECONDS, OutcomeKind, QueuedJob, Submission
+from kling_pipeline.submit.submission import OutcomeKind, QueuedJob, Submission
 from tests.fakes import FakeKling, FixedClock, MemoryLeases, MemoryLedger, MemoryRecords, NoImages
 
 MODEL = "kling-v3"
@@ -28,7 +29,13 @@ class World:
         self.records = MemoryRecords(clock=self.clock.iso)
         self.ledger = MemoryLedger(self.records)
         self.options = GovernorOptions.model_validate(options)
-        self.governor = Governor(self.ledger, self.options, clock=self.clock.now, jitter=lambda: 1.0)
+        self.governor = Governor(
+            self.ledger,
+            self.options,
+            clock=self.clock.now,
+            jitter=lambda: 1.0,
+            monotonic=lambda: self.clock.now().timestamp(),
+        )
 
     def job(self, job_id: str) -> tuple[str, JobRecord]:
         lease = Lease(owner=f"owner-{job_id}", until_ms=self.clock.millis() + 60_000)
@@ -253,9 +260,9 @@ class _Held:
     """A Submission governed by the world's ledger whose sleeps are counted, and run `on_sleep` (another job's
     task ending meanwhile)."""
 
-    def __init__(self, world: World, on_sleep: dict[int, str]) -> None:
+    def __init__(self, world: World, on_sleep: dict[int, str], watch: Callable[[], object] = lambda: None) -> None:
         self.sleeps = 0
-        self._world, self._on_sleep = world, on_sleep
+        self._world, self._on_sleep, self._watch = world, on_sleep, watch
         policy = RetryPolicy(base_seconds=10, cap_seconds=900, max_attempts=3, random=lambda: 1.0)
         self.kling = FakeKling(KlingTask(task_id="t-big", task_status="submitted", external_task_id="big"))
         leases = MemoryLeases(world.records, clock=world.clock.millis)
@@ -272,6 +279,7 @@ class _Held:
         )
 
     def _sleep(self, seconds: float) -> None:
+        self._watch()
         self.sleeps += 1
         self._world.clock.advance(seconds=seconds)
         if self.sleeps in self._on_sleep:
@@ -289,16 +297,70 @@ def test_a_claimer_asks_again_in_place_and_takes_its_slots_as_soon_as_they_free(
     assert world.reserve("running", 3) is Step.GO
     held = _Held(world, on_sleep={3: "running"})
     assert held.submit("big", 4, waits=1) is OutcomeKind.SUBMITTED
-    assert held.sleeps == 3  # asked again every CLAIM_POLL_SECONDS, and reserved on the first ask after
+    assert held.sleeps == 3  # asked again every HOLD_POLL_SECONDS, and reserved on the first ask after
     assert world.records.items["big"].slots_held == 4 and len(held.kling.bodies) == 1
 
 
-def test_a_claimer_whose_slots_stay_taken_waits_in_the_queue_after_its_hold() -> None:
-    world = World(kling_concurrency_limit=4, governor_claim_after_waits=1, governor_claim_hold_seconds=2)
+def test_any_job_turned_away_holds_and_takes_the_first_slot_that_frees() -> None:
+    """A one-image job (never a claimer) asks again in place too: the slot is taken within a poll, not after a
+    trip through the queue; while it holds, its record says why."""
+    world = World(kling_concurrency_limit=2)
+    assert world.reserve("a", 1) is Step.GO and world.reserve("b", 1) is Step.GO
+    seen: list[str | None] = []
+    held = _Held(world, on_sleep={2: "a"}, watch=lambda: seen.append(world.records.items["small"].wait_reason))
+    assert held.submit("small", 1, waits=0) is OutcomeKind.SUBMITTED
+    assert held.sleeps == 2 and world.records.items["small"].slots_held == 1
+    assert seen[0] is not None and seen[0].startswith("waiting for concurrency slots: needs 1, 2 of 2 in use")
+
+
+def test_jobs_holding_share_one_ledger_read_per_poll_and_reserve_one_at_a_time_when_slots_look_free() -> None:
+    world = World(kling_concurrency_limit=2)
+    assert world.reserve("a", 2) is Step.GO
+    world.clock.advance(seconds=HOLD_POLL_SECONDS)  # the reservation's own reading has aged
+    reads = _count_calls(world.ledger, "slots")
+    asks = [world.governor.ask(parse_job({"job_id": f"h{i}", "prompt": "a fox"}), f"o{i}") for i in range(10)]
+    assert not any(world.governor.may_fit(ask) for ask in asks)
+    assert reads == [1]  # ten holders, one read
+    world.clock.advance(seconds=HOLD_POLL_SECONDS)
+    world.finish("a")
+    assert all(world.governor.may_fit(ask) for ask in asks) and reads == [2]
+    with world.governor.turn(asks[0]) as first, world.governor.turn(asks[1]) as second:
+        assert first and not second  # one reservation in flight per container and model
+    with world.governor.turn(asks[1]) as later:
+        assert later
+
+
+def test_a_job_whose_slots_stay_taken_waits_in_the_queue_after_its_hold() -> None:
+    world = World(
+        kling_concurrency_limit=4,
+        governor_claim_after_waits=1,
+        governor_claim_hold_seconds=2,
+        governor_wait_hold_seconds=1,
+    )
     assert world.reserve("running", 3) is Step.GO
     held = _Held(world, on_sleep={})
-    assert held.submit("big", 4, waits=1) is OutcomeKind.WAITING
-    assert held.sleeps == 2 / CLAIM_POLL_SECONDS and held.kling.bodies == []
-    # A job that is no claimer (one image, or too few waits) never holds: straight to the queue.
-    assert held.submit("small", 2, waits=0) is OutcomeKind.WAITING
-    assert held.sleeps == 2 / CLAIM_POLL_SECONDS
+    assert held.submit("big", 4, waits=1) is OutcomeKind.WAITING  # a claimer: the longer of the two holds
+    assert held.sleeps == 2 / HOLD_POLL_SECONDS and held.kling.bodies == []
+    assert held.submit("small", 2, waits=0) is OutcomeKind.WAITING  # no claimer: GOVERNOR_WAIT_HOLD_SECONDS
+    assert held.sleeps == 3 / HOLD_POLL_SECONDS
+    assert world.records.items["small"].waits == 1 and held.kling.bodies == []
+
+
+def test_with_no_hold_a_job_turned_away_goes_straight_to_the_queue() -> None:
+    world = World(kling_concurrency_limit=1, governor_wait_hold_seconds=0)
+    assert world.reserve("running", 1) is Step.GO
+    held = _Held(world, on_sleep={})
+    assert held.submit("small", 1, waits=0) is OutcomeKind.WAITING
+    assert held.sleeps == 0
+
+
+def _count_calls(target: object, name: str) -> list[int]:
+    calls = [0]
+    method = getattr(target, name)
+
+    def counted(*args: object, **kwargs: object) -> object:
+        calls[0] += 1
+        return method(*args, **kwargs)
+
+    setattr(target, name, counted)
+    return calls

@@ -17,7 +17,10 @@ the atomic writes.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Mapping
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -39,6 +42,9 @@ PROBE_FRACTION = 0.25
 # The reconciler corrects the ledger only when it has not changed for this long: the open-jobs index it
 # counts from is eventually consistent, and a reservation a moment old may not be in it yet.
 REPAIR_QUIET_MS = 10_000
+# A job turned away asks again in place this often (GOVERNOR_WAIT_HOLD_SECONDS): a slot that frees idles about
+# this long, against a second at least for a trip through the queue (SQS delays are whole seconds).
+HOLD_POLL_SECONDS = 0.125
 
 
 class Step(StrEnum):
@@ -79,11 +85,17 @@ class Governor:
         *,
         clock: Callable[[], datetime] = utc_now,
         jitter: Callable[[], float] = random.random,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._ledger = ledger
         self._options = options
         self._clock = clock
         self._jitter = jitter
+        self._monotonic = monotonic
+        # The last slot reading per model (may_fit), shared by the jobs this container holds.
+        self._readings: dict[str, tuple[float, SlotState | None]] = {}
+        self._reading_lock = threading.Lock()
+        self._turn_locks: dict[str, threading.Lock] = {}
 
     @property
     def governs(self) -> bool:
@@ -125,11 +137,46 @@ class Governor:
             force=adopted,
             now_ms=now_ms,
         )
+        if reservation.slots is not None:
+            with self._reading_lock:  # what the ledger said just now: fresher than the jobs' last reading
+                self._readings[ask.model] = (self._monotonic(), reservation.slots)
         if reservation.granted:
             if reservation.slots is not None:
                 self._probe(reservation.slots, now_ms)
             return GO
         return self._denied(ask, reservation, waits, claimer=holds_claim)
+
+    @contextmanager
+    def turn(self, ask: Ask) -> Iterator[bool]:
+        """True: the job's slots look free and no other job of this container is reserving for its model right now,
+        so the caller reserves (its answer refreshes the shared reading). The jobs that hold in one container so try
+        one at a time, not all at once whenever a slot frees (one of them gets it, the rest would only be refused)."""
+        lock = self._turn_locks.setdefault(ask.model, threading.Lock())
+        if not self.may_fit(ask) or not lock.acquire(blocking=False):
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            lock.release()
+
+    def may_fit(self, ask: Ask) -> bool:
+        """Whether the slots the job needs look free now: a job asking again in place reserves only then. One
+        ledger read per model per HOLD_POLL_SECONDS serves every job of this container that holds meanwhile, so
+        holding costs a read a quarter second per container, not per job."""
+        if not ask.slots:
+            return True
+        with self._reading_lock:
+            read_at, state = self._readings.get(ask.model, (None, None))
+            if read_at is None or self._monotonic() - read_at >= HOLD_POLL_SECONDS:
+                state = self._ledger.slots(ask.model)
+                self._readings[ask.model] = (self._monotonic(), state)
+        now_ms = self._now_ms()
+        if state is None:
+            return True  # nothing reserved yet: everything is free
+        if state.claim_job is not None and state.claim_until_ms >= now_ms and state.claim_job != ask.job_id:
+            return state.spare >= ask.slots  # another job's claim keeps its slots
+        return state.free >= ask.slots
 
     def kling_refused_slots(self, ask: Ask) -> None:
         """Kling answered 1303 although the job held its slots: another client shares the account. The
@@ -230,7 +277,9 @@ class Governor:
             delay = max(1, round(ceiling / 2 + self._jitter() * ceiling / 2))
         in_use = f"{state.in_use} of {state.effective}" if state is not None else "all"
         reason = f"waiting for concurrency slots: needs {ask.slots}, {in_use} in use (KLING_CONCURRENCY_LIMIT)"
-        hold = self._options.governor_claim_hold_seconds if claimer else 0.0
+        hold = self._options.governor_wait_hold_seconds
+        if claimer:
+            hold = max(hold, self._options.governor_claim_hold_seconds)
         return Decision(Step.WAIT, reason=reason, delay_seconds=delay, hold_seconds=hold)
 
     def _over_budget(self, ask: Ask, budget: BudgetState | None) -> Decision:

@@ -30,7 +30,7 @@ from kling_pipeline.contract.json_text import json_object_or_none
 from kling_pipeline.contract.lease import Lease
 from kling_pipeline.contract.record import JobRecord
 from kling_pipeline.contract.status import NOT_SUBMITTED, JobStatus
-from kling_pipeline.governor.governor import GO, Decision, Governor, Step
+from kling_pipeline.governor.governor import GO, HOLD_POLL_SECONDS, Decision, Governor, Step
 from kling_pipeline.kling.errors import (
     KlingAmbiguousAnswerError,
     KlingError,
@@ -54,9 +54,8 @@ DUPLICATE_EXTERNAL_ID_CODES = frozenset({1201})
 # Kling refused to start the task at all (request rate, concurrency): nothing runs, nothing is billed.
 CONCURRENCY_LIMITED = 1303
 KLING_REFUSED_TO_START = frozenset({1302, CONCURRENCY_LIMITED})
-# A claimer asking again in place (GOVERNOR_CLAIM_HOLD_SECONDS): how often, and how much of its lease it leaves
-# for the create and the record that follow.
-CLAIM_POLL_SECONDS = 0.25
+# A job asking again in place (GOVERNOR_WAIT_HOLD_SECONDS) leaves this much of its lease for the create and the
+# record that follow.
 HOLD_MARGIN_SECONDS = 15.0
 
 logger = Logger(child=True)
@@ -218,7 +217,7 @@ class Submission:
             if task is not None:
                 self._govern(job, queued, lease, adopted=True)  # it runs: the ledger must count it
                 return self._record_task(job.job_id, task, OutcomeKind.ADOPTED)
-            decision = self._hold_for_claim(job, queued, lease, self._govern(job, queued, lease))
+            decision = self._hold(job, queued, lease, self._govern(job, queued, lease))
             if decision.step is Step.WAIT:
                 return self._wait(job, queued, lease, decision)
             if decision.step is Step.DEFER:
@@ -294,17 +293,27 @@ class Submission:
             return GO
         return self._governor.reserve(self._governor.ask(job, lease.owner), record, waits=queued.waits, adopted=adopted)
 
-    def _hold_for_claim(self, job: Job, queued: QueuedJob, lease: Lease, decision: Decision) -> Decision:
-        """The claimer asks again here every CLAIM_POLL_SECONDS, for up to its decision's hold and within its
-        lease, before its message waits in the queue: the slots it claimed sit idle until it is back, and a trip
-        through the queue takes a second at least (SQS delays are whole seconds), more with the poller's."""
+    def _hold(self, job: Job, queued: QueuedJob, lease: Lease, decision: Decision) -> Decision:
+        """A job turned away asks again here, for up to its decision's hold and within its lease, before its
+        message waits in the queue: a slot that frees is taken within HOLD_POLL_SECONDS, not after a trip through
+        the queue (SQS delays are whole seconds, and the poller's round comes on top). Each poll is the
+        container's shared slot reading; the job tries to reserve only when its slots look free and no other job of
+        the container is trying at that moment (Governor.turn)."""
+        if self._governor is None or decision.step is not Step.WAIT or not decision.hold_seconds:
+            return decision
         budget = min(decision.hold_seconds, lease.seconds_left(clock=self._clock) - HOLD_MARGIN_SECONDS)
-        polls = int(budget / CLAIM_POLL_SECONDS)
+        polls = int(budget / HOLD_POLL_SECONDS)
+        if polls < 1:
+            return decision
+        self._note_waiting(job, queued, decision)  # the record says why while the job holds
+        ask = self._governor.ask(job, lease.owner)
         for _ in range(polls):
+            self._sleep(HOLD_POLL_SECONDS)
+            with self._governor.turn(ask) as mine:
+                if mine:
+                    decision = self._govern(job, queued, lease)
             if decision.step is not Step.WAIT or not decision.hold_seconds:
                 break
-            self._sleep(CLAIM_POLL_SECONDS)
-            decision = self._govern(job, queued, lease)
         return decision
 
     def _give_back_if_refused(self, job: Job, lease: Lease, later: KlingRetryableError) -> None:
@@ -318,14 +327,17 @@ class Submission:
         if record is not None:
             self._governor.give_back(record)
 
-    def _wait(self, job: Job, queued: QueuedJob, lease: Lease, decision: Decision) -> Outcome:
-        delay = decision.delay_seconds or 1
-        waits = queued.waits + 1
+    def _note_waiting(self, job: Job, queued: QueuedJob, decision: Decision) -> None:
         self._records.update_open(
             job.job_id,
             expected_status=JobStatus.PENDING,
-            changes={"wait_reason": decision.reason, "waits": waits},
+            changes={"wait_reason": decision.reason, "waits": queued.waits + 1},
         )
+
+    def _wait(self, job: Job, queued: QueuedJob, lease: Lease, decision: Decision) -> Outcome:
+        delay = decision.delay_seconds or 1
+        waits = queued.waits + 1
+        self._note_waiting(job, queued, decision)
         # Held while its message waits, like a retry: the dead-letter sweep must not fail it meanwhile.
         self._leases.release(job.job_id, lease.owner, retry_at_ms=self._clock() + delay * 1000)
         logger.info("waiting for Kling's slots", reason=decision.reason, waits=waits, retry_in_seconds=delay)
