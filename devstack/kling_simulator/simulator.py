@@ -100,6 +100,14 @@ class KlingSimulator:
         """Every task as Kling shows it, newest first."""
         return self._state.list_tasks()
 
+    def task_count(self) -> int:
+        """How many tasks were created (cheap: no task is rendered)."""
+        return self._state.store.count()
+
+    def slots_in_use(self) -> int:
+        """The account's slots our tasks hold now: n for every unfinished task (another client's not counted)."""
+        return self._state.store.slots_in_use()
+
     def task(self, task_or_external_id: str) -> dict[str, Any] | None:
         return self._state.find(task_or_external_id)
 

@@ -123,6 +123,10 @@ class TaskStore:
         with self.lock:
             return list(reversed(self._tasks.values()))
 
+    def count(self) -> int:
+        with self.lock:
+            return len(self._tasks)
+
     def slots_in_use(self) -> int:
         """Concurrency slots held: n for every unfinished task."""
         with self.lock:

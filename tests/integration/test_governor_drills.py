@@ -59,7 +59,7 @@ def test_the_pipeline_alone_on_its_account_never_hears_1303_and_keeps_its_slots_
     assert sampler.samples, "the drill never had a backlog to measure"
     # Utilisation is measured, not asserted here: on this emulator every wait costs a round of moto calls, so
     # the figure depends on the machine; `make bench` reports it at full size against the limit.
-    print(f"slots busy {sum(sampler.samples) / (10 * len(sampler.samples)):.0%} of the time jobs waited")
+    print(f"Kling's slots busy {sampler.utilisation(10):.0%} of the time jobs waited")
 
 
 def test_crashes_between_reservation_and_create_and_between_create_and_record_leak_and_double_nothing(

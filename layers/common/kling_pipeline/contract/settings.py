@@ -184,10 +184,10 @@ class GovernorOptions(BaseModel):
     # Fairness: after this many waits a job claims the slots it needs; others stop taking them meanwhile.
     governor_claim_after_waits: int = Field(default=3, ge=1, le=1000)
     governor_claim_seconds: float = Field(default=300.0, gt=0, le=3600)  # a claim not renewed this long lapses
-    # A job turned away asks again in place (the slot ledger read every quarter second, once per container) for
+    # A job turned away asks again in place (the slot ledger read every eighth of a second, once per container) for
     # this long, within its invocation's lease, before its message waits in the queue: a slot that frees is
-    # taken within a quarter second, not after a trip through the queue (a second at least, with the poller's).
-    governor_wait_hold_seconds: float = Field(default=10.0, ge=0, le=600)
+    # taken within a fraction of a second, not after a trip through the queue (a second at least, with the poller's).
+    governor_wait_hold_seconds: float = Field(default=20.0, ge=0, le=600)
     # The claimer holds at least this long (the slots it claimed idle until it is back).
     governor_claim_hold_seconds: float = Field(default=5.0, ge=0, le=60)
     # A 1303 despite a reservation lowers the effective limit for this long, then it is probed back up.

@@ -6,7 +6,8 @@ reserves the job's slots and estimated units in the ledger atomically with the j
 reserve makes the job wait (slots) or wait for the next day (budget). Policy only: the ledger (a port) does
 the atomic writes.
 
-- Waiting for slots: the delay grows with the shortage and with how often the job waited, with jitter.
+- Waiting for slots: the job first asks again in place (a shared reading of the ledger, GOVERNOR_WAIT_HOLD_SECONDS),
+  then its message waits; the delay grows with the shortage and with how often the job waited, with jitter.
 - Fairness: a job that has waited `GOVERNOR_CLAIM_AFTER_WAITS` times claims the slots it needs; while the
   claim lives, other jobs may take only what the claim leaves (`spare`), so a stream of small jobs cannot
   starve a big one. The claim lapses if the job stops renewing it (it finished, or vanished).
@@ -163,7 +164,7 @@ class Governor:
     def may_fit(self, ask: Ask) -> bool:
         """Whether the slots the job needs look free now: a job asking again in place reserves only then. One
         ledger read per model per HOLD_POLL_SECONDS serves every job of this container that holds meanwhile, so
-        holding costs a read a quarter second per container, not per job."""
+        holding costs about eight reads a second per container, not per job."""
         if not ask.slots:
             return True
         with self._reading_lock:
