@@ -84,6 +84,7 @@ class Pipeline:
         *,
         reconcile_every: float = 0.5,
         batch_size: int = 10,
+        batching_window: float = 0.0,
         submit_timeout_seconds: int = 60,
         pollers: int = 1,
         deliver_twice: bool = False,
@@ -103,7 +104,14 @@ class Pipeline:
         if deliver_twice:
             dispatch = twice(dispatch)
         triggers = [
-            QueuePoller(f"drill-jobs-{i}", sqs, self.aws.queue_url, dispatch, batch_size=batch_size)
+            QueuePoller(
+                f"drill-jobs-{i}",
+                sqs,
+                self.aws.queue_url,
+                dispatch,
+                batch_size=batch_size,
+                batching_window=batching_window,
+            )
             for i in range(pollers)
         ]
         triggers.append(Schedule(reconcile, reconcile_every, rule_name="drill-reconcile", region="us-east-1"))
