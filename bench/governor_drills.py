@@ -101,7 +101,7 @@ def _alone(
         wall = time.monotonic() - started
         attempts, accepted = refusals(world.sim)
         utilisation = sampler.utilisation(10)
-        held = sum(sampler.ledger_samples) / (10 * len(sampler.ledger_samples)) if sampler.ledger_samples else 0.0
+        held = sampler.held(10)
         ideal = sum(batch.values()) * (task["processing_delay"] + task["succeed_delay"]) / 10
         # Judged on the ledger's count (the SlotsInUse metric, what the governor holds); Kling's own count beside it
         # also pays the local stack's callback path (one webhook invocation at a time) on every release.

@@ -239,10 +239,19 @@ class Sampler:
         self._thread.join(10)
 
     def utilisation(self, limit: int) -> float:
-        return sum(self.samples) / (limit * len(self.samples)) if self.samples else 0.0
+        """Kling's slots busy, as a share of the limit."""
+        return _share(self.samples, limit)
+
+    def held(self, limit: int) -> float:
+        """The ledger's slots held, as a share of the limit."""
+        return _share(self.ledger_samples, limit)
 
     def _run(self) -> None:
         while not self._stop.wait(0.25):
             if len(self._job_ids) - self._world.sim.task_count() > 5:  # a real backlog: every slot should be busy
                 self.samples.append(self._world.sim.slots_in_use())
                 self.ledger_samples.append(in_use(self._world))
+
+
+def _share(samples: list[int], limit: int) -> float:
+    return sum(samples) / (limit * len(samples)) if samples else 0.0

@@ -152,7 +152,8 @@ class Governor:
         """True: the job's slots look free and no other job of this container is reserving for its model right now,
         so the caller reserves (its answer refreshes the shared reading). The jobs that hold in one container so try
         one at a time, not all at once whenever a slot frees (one of them gets it, the rest would only be refused)."""
-        lock = self._turn_locks.setdefault(ask.model, threading.Lock())
+        # A lock built only for a model's first turn (setdefault alone would build one every poll).
+        lock = self._turn_locks.get(ask.model) or self._turn_locks.setdefault(ask.model, threading.Lock())
         if not self.may_fit(ask) or not lock.acquire(blocking=False):
             yield False
             return
